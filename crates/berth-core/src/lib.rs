@@ -1,0 +1,12 @@
+//! berth-core: the parts of a container runtime daemon that know nothing of gRPC —
+//! content store, metadata, snapshotters, mounts, the layer applier, leases and GC.
+
+pub mod digest;
+pub mod error;
+pub mod filters;
+pub mod metadata;
+pub mod namespace;
+
+pub use digest::Digest;
+pub use error::{Error, ErrorKind, Result};
+pub use namespace::Namespace;

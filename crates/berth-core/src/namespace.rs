@@ -1,0 +1,53 @@
+//! Namespace names, validated once with containerd's rules.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Namespace(String);
+
+const MAX_LEN: usize = 76;
+
+impl Namespace {
+    /// Accepts `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`, at most 76 characters.
+    pub fn new(name: &str) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_LEN
+            && name
+                .split(['.', '_', '-'])
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if valid {
+            Ok(Namespace(name.to_owned()))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "namespace {name:?}: invalid name, must match [A-Za-z0-9]+([._-][A-Za-z0-9]+)* and be at most {MAX_LEN} characters"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_names() {
+        for ok in ["default", "k8s.io", "a-b_c.d", "X1"] {
+            Namespace::new(ok).unwrap();
+        }
+        for bad in ["", "-a", "a-", "a..b", "a/b", "ä", &"a".repeat(77)] {
+            assert!(Namespace::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
