@@ -3,7 +3,10 @@
 
 pub mod digest;
 pub mod error;
+pub mod content;
 pub mod filters;
+pub mod labels;
+pub mod leases;
 pub mod metadata;
 pub mod namespace;
 
