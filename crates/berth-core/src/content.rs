@@ -239,17 +239,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `data` at `offset`. Offset 0 restarts the ingest; an offset below the current
-    /// one rewinds to it; an offset past the end is refused, since bytes would be missing.
+    /// Writes `data` at `offset`, which must be the current offset; offset 0 restarts the
+    /// ingest from nothing.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         if offset != self.offset {
-            if offset > self.offset {
-                return Err(Error::InvalidArgument(format!(
-                    "write to ref {:?} at offset {offset} is past its current offset {}",
+            if offset != 0 {
+                return Err(Error::OutOfRange(format!(
+                    "write of ref {:?} at offset {offset} must occur at its current offset {}",
                     self.meta.r#ref, self.offset
                 )));
             }
-            self.rewind(offset)?;
+            self.rewind(0)?;
         }
         self.write(data)
     }
@@ -553,7 +553,7 @@ mod tests {
         drop(w);
         let mut w = cs.writer(&ns, "r1", 0, None, None).unwrap();
         assert_eq!(w.offset(), 5);
-        assert!(w.write_at(7, b"x").is_err());
+        assert!(matches!(w.write_at(7, b"x"), Err(Error::OutOfRange(_))));
         w.write_at(5, &data[5..]).unwrap();
         let got = cs.commit(w, 0, None, &Labels::new(), None).unwrap();
         assert_eq!(got, dg);

@@ -18,6 +18,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -37,6 +39,7 @@ pub enum ErrorKind {
     FailedPrecondition,
     InvalidArgument,
     Unavailable,
+    OutOfRange,
     Internal,
 }
 
@@ -48,6 +51,7 @@ impl Error {
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::OutOfRange(_) => ErrorKind::OutOfRange,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }

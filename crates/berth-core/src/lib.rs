@@ -3,12 +3,15 @@
 
 pub mod digest;
 pub mod error;
+pub mod apply;
 pub mod content;
 pub mod filters;
 pub mod labels;
 pub mod leases;
 pub mod metadata;
+pub mod mount;
 pub mod namespace;
+pub mod snapshot;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,614 @@
+//! The layer applier: unpacks an OCI layer (tar, optionally gzip or zstd) into a snapshot
+//! directory, producing the tree the image spec defines: whiteouts and opaque directories
+//! remove what lower layers had, hardlinks, symlinks, devices, owners, modes, xattrs and
+//! times are kept. Every path is resolved with `openat2(RESOLVE_IN_ROOT)`, so `..`,
+//! absolute symlinks and symlinked parents can never reach outside the snapshot.
+//!
+//! Applied to an overlay upper directory, whiteouts are written in overlayfs' own form
+//! (a 0/0 character device, `trusted.overlay.opaque=y`) instead of deleting anything.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyOptions {
+    /// Write whiteouts as overlayfs does instead of deleting (for an overlay upper dir).
+    pub overlay_whiteouts: bool,
+}
+
+/// What was applied: digest and size of the uncompressed tar stream (the layer's diff id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// Wraps a layer stream in the decompressor its first bytes call for.
+pub fn decompress<'a>(r: impl Read + Send + 'a) -> Result<Box<dyn Read + Send + 'a>> {
+    let mut br = BufReader::with_capacity(1 << 20, r);
+    let head = br.fill_buf().map_err(Error::io("read", "layer"))?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(br))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(br).map_err(Error::io("zstd", "layer"))?)
+    } else {
+        Box::new(br)
+    })
+}
+
+struct Hashing<R> {
+    inner: R,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn bad(entry: &str, why: &str) -> Error {
+    Error::InvalidArgument(format!("layer entry {entry:?}: {why}"))
+}
+
+/// Splits a tar name into clean components: `.` and empty parts go, a leading `/` is
+/// relative to the snapshot root, and `..` is refused outright.
+pub fn clean_path(name: &[u8]) -> Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    for part in name.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                return Err(bad(&String::from_utf8_lossy(name), "path contains \"..\" and would escape the snapshot"))
+            }
+            p => out.push(OsString::from_vec(p.to_vec())),
+        }
+    }
+    Ok(out)
+}
+
+fn join(parts: &[OsString]) -> PathBuf {
+    let mut p = PathBuf::new();
+    for c in parts {
+        p.push(c);
+    }
+    p
+}
+
+/// Opens a directory below `root`, resolving symlinks as if `root` were `/`.
+fn open_dir(root: &OwnedFd, rel: &[OsString]) -> io::Result<OwnedFd> {
+    let p = join(rel);
+    let p: &Path = if rel.is_empty() { Path::new(".") } else { &p };
+    rustix::fs::openat2(
+        root,
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Opens the parent directory, creating missing directories on the way (mode 0755). A
+/// dangling symlink on the way is followed as the kernel would inside the root: its
+/// target is created below the root, never outside it.
+fn open_parent(root: &OwnedFd, parent: &[OsString]) -> io::Result<OwnedFd> {
+    open_parent_depth(root, parent, 0)
+}
+
+fn open_parent_depth(root: &OwnedFd, parent: &[OsString], depth: u32) -> io::Result<OwnedFd> {
+    match open_dir(root, parent) {
+        Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
+        other => return other,
+    }
+    if depth > 40 {
+        return Err(Errno::LOOP.into());
+    }
+    for i in 1..=parent.len() {
+        match open_dir(root, &parent[..i]) {
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                let up = open_dir(root, &parent[..i - 1])?;
+                let name = parent[i - 1].as_os_str();
+                match rustix::fs::mkdirat(&up, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let target = rustix::fs::readlinkat(&up, name, Vec::new())?;
+                        let mut resolved: Vec<OsString> = if target.as_bytes().starts_with(b"/") {
+                            Vec::new()
+                        } else {
+                            parent[..i - 1].to_vec()
+                        };
+                        for part in target.as_bytes().split(|b| *b == b'/') {
+                            match part {
+                                b"" | b"." => {}
+                                b".." => {
+                                    resolved.pop();
+                                }
+                                p => resolved.push(OsString::from_vec(p.to_vec())),
+                            }
+                        }
+                        resolved.extend_from_slice(&parent[i..]);
+                        return open_parent_depth(root, &resolved, depth + 1);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    open_dir(root, parent)
+}
+
+/// Removes `name` in `dir` and, for a directory, everything below it, never following links.
+pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let sub = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    clear_dir(&sub, &HashSet::new(), Path::new(""))?;
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Empties a directory except for the paths in `keep` (relative to the layer root).
+fn clear_dir(dir: &OwnedFd, keep: &HashSet<PathBuf>, at: &Path) -> io::Result<()> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsString::from_vec(n.to_vec()));
+        }
+    }
+    for n in names {
+        if !keep.contains(&at.join(&n)) {
+            remove_all_at(dir, &n)?;
+        }
+    }
+    Ok(())
+}
+
+struct DirTimes {
+    path: Vec<OsString>,
+    times: Timestamps,
+}
+
+fn timestamps(mtime: u64) -> Timestamps {
+    let t = Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// Applies the (possibly compressed) layer in `layer` onto the directory `root`.
+pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: ApplyOptions) -> Result<Applied> {
+    let rootfd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open", root)(e.into()))?;
+    let mut hashing = Hashing { inner: decompress(layer)?, hasher: Hasher::new(), count: 0 };
+    let mut dir_times = Vec::new();
+    {
+        let mut archive = tar::Archive::new(&mut hashing);
+        let mut applier = Applier { root: &rootfd, opts, created: HashSet::new() };
+        let entries = archive.entries().map_err(|e| Error::InvalidArgument(format!("layer is not a tar stream: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| Error::InvalidArgument(format!("corrupt layer tar stream: {e}")))?;
+            if let Some(t) = applier.entry(&mut entry)? {
+                dir_times.push(t);
+            }
+        }
+        // Directory times last: creating their children changed them.
+        for d in dir_times.iter().rev() {
+            if let Ok(fd) = open_dir(&rootfd, &d.path) {
+                let _ = rustix::fs::futimens(&fd, &d.times);
+            }
+        }
+    }
+    // The diff id covers the whole stream, including padding after the end-of-archive marker.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::InvalidArgument(format!("corrupt layer stream: {e}")))?;
+    Ok(Applied { digest: hashing.hasher.finish(), size: hashing.count })
+}
+
+struct Applier<'a> {
+    root: &'a OwnedFd,
+    opts: ApplyOptions,
+    /// Paths this layer created, which an opaque marker must not remove.
+    created: HashSet<PathBuf>,
+}
+
+struct Pax {
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<u64>,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn pax_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Pax {
+    let mut p = Pax { uid: None, gid: None, mtime: None, xattrs: Vec::new() };
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            let Ok(k) = ext.key() else { continue };
+            let num = || ext.value().ok().and_then(|v| v.split('.').next().and_then(|s| s.parse().ok()));
+            match k {
+                "uid" => p.uid = num(),
+                "gid" => p.gid = num(),
+                "mtime" => p.mtime = num(),
+                k => {
+                    if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
+                        p.xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+impl Applier<'_> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<Option<DirTimes>> {
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let path = clean_path(&raw)?;
+        let Some((name, parent)) = path.split_last() else {
+            return Ok(None); // the root itself keeps the snapshot's own attributes
+        };
+        let io_err = |op: &'static str| {
+            let shown = shown.clone();
+            move |e: io::Error| Error::Io { op, path: PathBuf::from(shown), source: e }
+        };
+        let name_bytes = name.as_bytes();
+        if name_bytes == OPAQUE.as_bytes() {
+            return self.opaque(parent).map(|_| None).map_err(io_err("apply opaque marker"));
+        }
+        if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                return Ok(None); // other aufs metadata (.wh..wh.plnk etc.) carries nothing
+            }
+            if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+                return Err(bad(&shown, "whiteout names no file in its directory"));
+            }
+            return self.whiteout(parent, OsStr::from_bytes(target), entry).map(|_| None).map_err(io_err("apply whiteout"));
+        }
+
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let pax = pax_of(entry);
+        let uid = pax.uid.or_else(|| header.uid().ok()).unwrap_or(0);
+        let gid = pax.gid.or_else(|| header.gid().ok()).unwrap_or(0);
+        let mode = header.mode().map_err(|e| bad(&shown, &format!("bad mode: {e}")))? & 0o7777;
+        let mtime = pax.mtime.or_else(|| header.mtime().ok()).unwrap_or(0);
+        let dir = open_parent(self.root, parent).map_err(io_err("open parent of"))?;
+        let existing = rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).ok();
+        let existing_is_dir = existing.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+        if existing.is_some() && !(kind.is_dir() && existing_is_dir) {
+            remove_all_at(&dir, name).map_err(io_err("replace"))?;
+        }
+        let mut dir_times = None;
+        match kind {
+            tar::EntryType::Directory => {
+                if !existing_is_dir {
+                    rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o700)).map_err(|e| io_err("mkdir")(e.into()))?;
+                }
+                let fd = rustix::fs::openat(&dir, name.as_os_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(|e| io_err("open")(e.into()))?;
+                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs).map_err(io_err("set attributes of"))?;
+                dir_times = Some(DirTimes { path: path.clone(), times: timestamps(mtime) });
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name.as_os_str(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| io_err("create")(e.into()))?;
+                let mut f = File::from(fd);
+                io::copy(entry, &mut f).map_err(io_err("write"))?;
+                let fd = OwnedFd::from(f);
+                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs).map_err(io_err("set attributes of"))?;
+                rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(|e| io_err("set times of")(e.into()))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or_else(|| bad(&shown, "symlink without target"))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str()).map_err(|e| io_err("symlink")(e.into()))?;
+                rustix::fs::chownat(&dir, name.as_os_str(), Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("chown")(e.into()))?;
+                rustix::fs::utimensat(&dir, name.as_os_str(), &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("set times of")(e.into()))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().ok_or_else(|| bad(&shown, "hardlink without target"))?;
+                let tpath = clean_path(&target)?;
+                let Some((tname, tparent)) = tpath.split_last() else {
+                    return Err(bad(&shown, "hardlink to the snapshot root"));
+                };
+                let tdir = open_dir(self.root, tparent).map_err(io_err("open hardlink target of"))?;
+                let st = rustix::fs::statat(&tdir, tname.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("find hardlink target of")(e.into()))?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    return Err(bad(&shown, "hardlink to a directory"));
+                }
+                rustix::fs::linkat(&tdir, tname.as_os_str(), &dir, name.as_os_str(), AtFlags::empty())
+                    .map_err(|e| io_err("hardlink")(e.into()))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (ft, dev) = match kind {
+                    tar::EntryType::Fifo => (FileType::Fifo, 0),
+                    k => {
+                        let major = header.device_major().ok().flatten().unwrap_or(0);
+                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if k == tar::EntryType::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                rustix::fs::mknodat(&dir, name.as_os_str(), ft, Mode::from_raw_mode(0o600), dev).map_err(|e| io_err("mknod")(e.into()))?;
+                rustix::fs::chownat(&dir, name.as_os_str(), Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("chown")(e.into()))?;
+                // Just created by us as a device node, so chmod cannot follow a symlink here.
+                rustix::fs::chmodat(&dir, name.as_os_str(), Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(|e| io_err("chmod")(e.into()))?;
+                rustix::fs::utimensat(&dir, name.as_os_str(), &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_err("set times of")(e.into()))?;
+            }
+            // Global and per-file extension headers are consumed by the tar reader.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
+            other => return Err(bad(&shown, &format!("unsupported tar entry type {other:?}"))),
+        }
+        self.created.insert(join(&path));
+        Ok(dir_times)
+    }
+
+    fn finish_fd(&self, fd: &OwnedFd, uid: u64, gid: u64, mode: u32, xattrs: &[(String, Vec<u8>)]) -> io::Result<()> {
+        // Owner before mode: chown clears set-id bits.
+        rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+        for (k, v) in xattrs {
+            if k.starts_with(OVERLAY_XATTR_PREFIX) {
+                continue; // a layer must not forge overlayfs whiteouts or redirects
+            }
+            rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())?;
+        }
+        Ok(())
+    }
+
+    fn opaque(&mut self, parent: &[OsString]) -> io::Result<()> {
+        let dir = open_parent(self.root, parent)?;
+        if self.opts.overlay_whiteouts {
+            rustix::fs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())?;
+        } else {
+            clear_dir(&dir, &self.created, &join(parent))?;
+        }
+        Ok(())
+    }
+
+    fn whiteout<R: Read>(&mut self, parent: &[OsString], target: &OsStr, entry: &tar::Entry<'_, R>) -> io::Result<()> {
+        let dir = match open_dir(self.root, parent) {
+            Ok(d) => d,
+            // Nothing below a missing directory to hide, unless overlay lower layers have it.
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) && !self.opts.overlay_whiteouts => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => open_parent(self.root, parent)?,
+            Err(e) => return Err(e),
+        };
+        remove_all_at(&dir, target)?;
+        if self.opts.overlay_whiteouts {
+            rustix::fs::mknodat(&dir, target, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))?;
+            let uid = entry.header().uid().unwrap_or(0);
+            let gid = entry.header().gid().unwrap_or(0);
+            rustix::fs::chownat(&dir, target, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Ok(())
+    }
+}
+
+fn uid_of(id: u64) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(id as u32)
+}
+
+fn gid_of(id: u64) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(id as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Builds a tar from raw entries, writing names byte for byte (the tar crate's
+    /// safe setters would refuse the hostile ones these tests need).
+    struct Layer(tar::Builder<Vec<u8>>);
+
+    impl Layer {
+        fn new() -> Self {
+            Layer(tar::Builder::new(Vec::new()))
+        }
+        fn entry(mut self, name: &str, kind: tar::EntryType, link: &str, data: &[u8], mode: u32) -> Self {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            if !link.is_empty() {
+                h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_uid(rustix::process::getuid().as_raw() as u64);
+            h.set_gid(rustix::process::getgid().as_raw() as u64);
+            h.set_mtime(1_000_000);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+        fn file(self, name: &str, data: &str) -> Self {
+            self.entry(name, tar::EntryType::Regular, "", data.as_bytes(), 0o644)
+        }
+        fn dir(self, name: &str) -> Self {
+            self.entry(name, tar::EntryType::Directory, "", b"", 0o755)
+        }
+        fn symlink(self, name: &str, target: &str) -> Self {
+            self.entry(name, tar::EntryType::Symlink, target, b"", 0o777)
+        }
+        fn hardlink(self, name: &str, target: &str) -> Self {
+            self.entry(name, tar::EntryType::Link, target, b"", 0o644)
+        }
+        fn bytes(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+    }
+
+    fn sandbox() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("rootfs");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "keep").unwrap();
+        (t, root, outside)
+    }
+
+    fn apply(root: &Path, layer: Vec<u8>) -> Result<Applied> {
+        apply_layer(root, io::Cursor::new(layer), ApplyOptions::default())
+    }
+
+    fn outside_untouched(outside: &Path) {
+        let names: Vec<_> = std::fs::read_dir(outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![OsString::from("secret")], "something was written outside the snapshot");
+        assert_eq!(std::fs::read_to_string(outside.join("secret")).unwrap(), "keep");
+    }
+
+    #[test]
+    fn dotdot_entries_are_refused() {
+        let (_t, root, outside) = sandbox();
+        for name in ["../outside/pwned", "a/../../outside/pwned", "/../outside/pwned"] {
+            let err = apply(&root, Layer::new().file(name, "x").bytes()).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{name}: {err}");
+            assert!(err.to_string().contains("escape"), "{err}");
+        }
+        outside_untouched(&outside);
+    }
+
+    #[test]
+    fn absolute_paths_stay_inside() {
+        let (_t, root, outside) = sandbox();
+        apply(&root, Layer::new().file("/etc/passwd", "root").bytes()).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("etc/passwd")).unwrap(), "root");
+        outside_untouched(&outside);
+    }
+
+    #[test]
+    fn symlinked_parents_resolve_inside() {
+        let (_t, root, outside) = sandbox();
+        let out = outside.to_str().unwrap().to_owned();
+        let layer = Layer::new()
+            .symlink("abs", &out)
+            .symlink("rel", "../../../../../../../../..")
+            .file("abs/pwned", "x")
+            .file("rel/pwned2", "y")
+            .bytes();
+        apply(&root, layer).unwrap();
+        outside_untouched(&outside);
+        // Both landed inside the snapshot, where the links point when it is the root.
+        assert_eq!(std::fs::read_to_string(root.join(out.trim_start_matches('/')).join("pwned")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(root.join("pwned2")).unwrap(), "y");
+    }
+
+    #[test]
+    fn hardlinks_cannot_reach_out() {
+        let (_t, root, outside) = sandbox();
+        let err = apply(&root, Layer::new().hardlink("h", "../outside/secret").bytes()).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        let out = outside.to_str().unwrap().to_owned();
+        let layer = Layer::new().symlink("l", &out).hardlink("h2", "l/secret").bytes();
+        let err = apply(&root, layer).unwrap_err();
+        assert!(err.to_string().contains("hardlink target"), "{err}");
+        // A write through the link must not change the outside file either.
+        assert!(!root.join("h2").exists());
+        outside_untouched(&outside);
+    }
+
+    #[test]
+    fn hostile_whiteouts_are_refused() {
+        let (_t, root, outside) = sandbox();
+        for name in [".wh..", "a/.wh..."] {
+            assert!(apply(&root, Layer::new().dir("a").file(name, "").bytes()).is_err(), "{name}");
+        }
+        let out = outside.to_str().unwrap().to_owned();
+        apply(&root, Layer::new().symlink("l", &out).file("l/.wh.secret", "").bytes()).unwrap();
+        outside_untouched(&outside);
+    }
+
+    #[test]
+    fn whiteouts_opaque_and_links_produce_the_spec_tree() {
+        let (_t, root, _o) = sandbox();
+        let base = Layer::new()
+            .dir("etc")
+            .file("etc/keep", "k")
+            .file("etc/gone", "g")
+            .dir("var")
+            .dir("var/lib")
+            .file("var/lib/old", "o")
+            .dir("opq")
+            .file("opq/lower", "l")
+            .bytes();
+        apply(&root, base).unwrap();
+        let top = Layer::new()
+            .file("etc/.wh.gone", "")
+            .file(".wh.var", "")
+            .dir("opq")
+            .file("opq/new", "n")
+            .file("opq/.wh..wh..opq", "")
+            .file("data", "d")
+            .hardlink("data-link", "data")
+            .symlink("link", "/etc/keep")
+            .bytes();
+        let applied = apply(&root, top.clone()).unwrap();
+        assert_eq!(applied.size, top.len() as u64);
+        assert_eq!(applied.digest, Digest::of(&top));
+        assert!(root.join("etc/keep").exists());
+        assert!(!root.join("etc/gone").exists());
+        assert!(!root.join("var").exists());
+        assert!(root.join("opq/new").exists(), "opaque removed a file of its own layer");
+        assert!(!root.join("opq/lower").exists());
+        let a = std::fs::metadata(root.join("data")).unwrap();
+        let b = std::fs::metadata(root.join("data-link")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+        assert_eq!(std::fs::read_link(root.join("link")).unwrap(), PathBuf::from("/etc/keep"));
+        assert_eq!(a.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(std::fs::metadata(root.join("opq")).unwrap().mtime(), 1_000_000);
+    }
+
+    #[test]
+    fn compressed_layers_report_the_uncompressed_digest() {
+        use std::io::Write;
+        let (_t, root, _o) = sandbox();
+        let plain = Layer::new().file("f", "hello").bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        for layer in [gz, zst] {
+            let applied = apply(&root, layer).unwrap();
+            assert_eq!(applied.digest, Digest::of(&plain));
+        }
+        assert!(apply(&root, b"definitely not a tar file, just some text that is long enough to fill a header block and then some more text to be sure it is long enough........................................................................................................................................................................................................................................................................................................................................................".to_vec()).is_err());
+    }
+}
