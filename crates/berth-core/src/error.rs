@@ -20,6 +20,8 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     OutOfRange(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -40,6 +42,7 @@ pub enum ErrorKind {
     InvalidArgument,
     Unavailable,
     OutOfRange,
+    Unsupported,
     Internal,
 }
 
@@ -52,6 +55,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::OutOfRange(_) => ErrorKind::OutOfRange,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }

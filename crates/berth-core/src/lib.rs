@@ -5,12 +5,16 @@ pub mod digest;
 pub mod error;
 pub mod apply;
 pub mod content;
+pub mod diff;
 pub mod filters;
+pub mod gc;
+pub mod images;
 pub mod labels;
 pub mod leases;
 pub mod metadata;
 pub mod mount;
 pub mod namespace;
+pub mod namespaces;
 pub mod snapshot;
 
 pub use digest::Digest;

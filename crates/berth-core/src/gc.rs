@@ -1,0 +1,241 @@
+//! Garbage collection with containerd's semantics. Roots: images, containers, live leases
+//! and objects labelled `containerd.io/gc.root`. Edges: `containerd.io/gc.ref.content*`
+//! and `containerd.io/gc.ref.snapshot.<snapshotter>` labels, and snapshot parents.
+//! Unreachable records are removed in one transaction; then blobs, snapshot directories
+//! and stale ingests that no record refers to are removed from disk.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::content::{ContentRecord, ContentStore};
+use crate::error::Result;
+use crate::images::Image;
+use crate::labels::{GC_EXPIRE, GC_REF_CONTENT, GC_REF_SNAPSHOT, GC_ROOT};
+use crate::leases::LeaseRecord;
+use crate::metadata::{Bucket, Labels, MetaStore, NamespaceRecord, Reader, Timestamp};
+use crate::snapshot::{SnapshotRecord, Snapshots};
+
+/// An ingest nobody leases is kept this long after its last write, as containerd does.
+const UNLEASED_INGEST_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Node {
+    Content(String, String),
+    Snapshot(String, String, String),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcStats {
+    pub content_records: usize,
+    pub snapshot_records: usize,
+    pub leases_expired: usize,
+    pub blobs_removed: usize,
+    pub snapshot_dirs_removed: usize,
+    pub ingests_removed: usize,
+}
+
+pub struct Collector {
+    pub meta: Arc<MetaStore>,
+    pub content: Arc<ContentStore>,
+    pub snapshots: Arc<Snapshots>,
+    pub gc_lock: Arc<RwLock<()>>,
+}
+
+/// Parses an RFC 3339 UTC time such as `2026-11-24T10:00:00Z` (fractions and offsets too).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    let mut nanos = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits: String = frac.chars().take_while(|c| c.is_ascii_digit()).collect();
+        rest = &frac[digits.len()..];
+        let padded = format!("{digits:0<9}");
+        nanos = padded[..9].parse().ok()?;
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (proleptic Gregorian), then seconds.
+    let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some((days * 86400 + h * 3600 + mi * 60 + sec - offset) * 1_000_000_000 + nanos)
+}
+
+fn label_refs(ns: &str, labels: &Labels, out: &mut Vec<Node>) {
+    for (k, v) in labels {
+        if k == GC_REF_CONTENT || k.strip_prefix(GC_REF_CONTENT).is_some_and(|r| r.starts_with('.') || r.starts_with('/')) {
+            out.push(Node::Content(ns.to_owned(), v.clone()));
+        } else if let Some(sn) = k.strip_prefix(GC_REF_SNAPSHOT) {
+            let sn = sn.split('/').next().unwrap_or(sn);
+            out.push(Node::Snapshot(ns.to_owned(), sn.to_owned(), v.clone()));
+        }
+    }
+}
+
+impl Collector {
+    pub fn collect(&self) -> Result<GcStats> {
+        let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        let mut stats = GcStats::default();
+        let now = Timestamp::now().0;
+        let snapshotters: Vec<&'static str> = self.snapshots.names().collect();
+        let (live_blobs, live_ids, leased_ingests) = self.meta.update(|tx| {
+            let namespaces: Vec<(String, NamespaceRecord)> = tx.scan(Bucket::Namespaces, "")?;
+            let mut roots: Vec<Node> = Vec::new();
+            let mut leased_ingests = HashSet::new();
+            let mut content: HashMap<(String, String), ContentRecord> = HashMap::new();
+            let mut snaps: HashMap<(String, String, String), SnapshotRecord> = HashMap::new();
+            for (ns, _) in &namespaces {
+                let p = format!("{ns}\0");
+                for (k, lease) in tx.scan::<LeaseRecord>(Bucket::Leases, &p)? {
+                    let expired = lease.labels.get(GC_EXPIRE).and_then(|e| parse_rfc3339(e)).is_some_and(|t| t < now);
+                    if expired {
+                        tx.delete(Bucket::Leases, &k)?;
+                        stats.leases_expired += 1;
+                        continue;
+                    }
+                    for (kind, id) in lease.resources {
+                        match kind.as_str() {
+                            "content" => roots.push(Node::Content(ns.clone(), id)),
+                            "ingests" => {
+                                leased_ingests.insert((ns.clone(), id));
+                            }
+                            k => {
+                                if let Some(sn) = k.strip_prefix("snapshots/") {
+                                    roots.push(Node::Snapshot(ns.clone(), sn.to_owned(), id));
+                                }
+                            }
+                        }
+                    }
+                }
+                for (_, img) in tx.scan::<Image>(Bucket::Images, &p)? {
+                    roots.push(Node::Content(ns.clone(), img.target.digest.clone()));
+                    label_refs(ns, &img.labels, &mut roots);
+                }
+                for (_, c) in tx.scan::<serde_json::Value>(Bucket::Containers, &p)? {
+                    let s = |f: &str| c.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                    if !s("snapshotter").is_empty() && !s("snapshot_key").is_empty() {
+                        roots.push(Node::Snapshot(ns.clone(), s("snapshotter"), s("snapshot_key")));
+                    }
+                    if let Some(l) = c.get("labels").and_then(|l| serde_json::from_value::<Labels>(l.clone()).ok()) {
+                        label_refs(ns, &l, &mut roots);
+                    }
+                }
+                for (k, rec) in tx.scan::<ContentRecord>(Bucket::Content, &p)? {
+                    let d = k[p.len()..].to_owned();
+                    if rec.labels.contains_key(GC_ROOT) {
+                        roots.push(Node::Content(ns.clone(), d.clone()));
+                    }
+                    content.insert((ns.clone(), d), rec);
+                }
+                for sn in &snapshotters {
+                    let sp = format!("{sn}\0{ns}\0");
+                    for (k, rec) in tx.scan::<SnapshotRecord>(Bucket::Snapshots, &sp)? {
+                        let key = k[sp.len()..].to_owned();
+                        if rec.labels.contains_key(GC_ROOT) {
+                            roots.push(Node::Snapshot(ns.clone(), sn.to_string(), key.clone()));
+                        }
+                        snaps.insert((ns.clone(), sn.to_string(), key), rec);
+                    }
+                }
+            }
+            // Mark.
+            let mut marked: HashSet<Node> = HashSet::new();
+            while let Some(n) = roots.pop() {
+                if !marked.insert(n.clone()) {
+                    continue;
+                }
+                match &n {
+                    Node::Content(ns, d) => {
+                        if let Some(rec) = content.get(&(ns.clone(), d.clone())) {
+                            label_refs(ns, &rec.labels, &mut roots);
+                        }
+                    }
+                    Node::Snapshot(ns, sn, key) => {
+                        if let Some(rec) = snaps.get(&(ns.clone(), sn.clone(), key.clone())) {
+                            if let Some(p) = &rec.parent {
+                                roots.push(Node::Snapshot(ns.clone(), sn.clone(), p.clone()));
+                            }
+                            label_refs(ns, &rec.labels, &mut roots);
+                        }
+                    }
+                }
+            }
+            // Sweep records.
+            let mut live_blobs = HashSet::new();
+            for ((ns, d), _) in content {
+                if marked.contains(&Node::Content(ns.clone(), d.clone())) {
+                    live_blobs.insert(d);
+                } else {
+                    tx.delete(Bucket::Content, &format!("{ns}\0{d}"))?;
+                    stats.content_records += 1;
+                }
+            }
+            let mut live_ids: HashMap<String, HashSet<u64>> = HashMap::new();
+            for ((ns, sn, key), rec) in snaps {
+                if marked.contains(&Node::Snapshot(ns.clone(), sn.clone(), key.clone())) {
+                    live_ids.entry(sn).or_default().insert(rec.id);
+                } else {
+                    tx.delete(Bucket::Snapshots, &format!("{sn}\0{ns}\0{key}"))?;
+                    stats.snapshot_records += 1;
+                }
+            }
+            Ok((live_blobs, live_ids, leased_ingests))
+        })?;
+        // Sweep the disk.
+        let blobs = self.content.blobs();
+        for d in blobs.blob_digests()? {
+            if !live_blobs.contains(&d.to_string()) {
+                blobs.remove_blob(&d)?;
+                stats.blobs_removed += 1;
+            }
+        }
+        for sn in &snapshotters {
+            let backend = self.snapshots.backend(sn)?;
+            let live = live_ids.get(*sn).cloned().unwrap_or_default();
+            for id in backend.ids_on_disk()? {
+                if !live.contains(&id) {
+                    backend.remove(id)?;
+                    stats.snapshot_dirs_removed += 1;
+                }
+            }
+        }
+        let cutoff = now - UNLEASED_INGEST_EXPIRY.as_nanos() as i64;
+        for (ns, status, dir) in blobs.ingests()? {
+            if !leased_ingests.contains(&(ns, status.r#ref.clone())) && status.updated_at.0 < cutoff {
+                if std::fs::remove_dir_all(&dir).is_ok() {
+                    stats.ingests_removed += 1;
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2000-03-01T00:00:01.5Z"), Some(951868801_500_000_000));
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}
