@@ -1,0 +1,306 @@
+//! Test fixtures for berth's end-to-end tests: a real docker-registry on loopback, a real
+//! berthd on temporary directories, Debian's `ctr` as the client, and OCI images built
+//! from /bin/busybox. Every fixture cleans up on drop, also when a test fails.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails the test (rather than skipping it quietly) when a required tool is missing.
+pub fn require(tool: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "{tool} is not installed: run .ci/run (or apt-get install the packages it lists)");
+}
+
+/// A docker-registry (distribution) serving on 127.0.0.1 with storage in a temp dir.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        require("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry").arg("serve").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let a = addr.clone();
+        wait_for("docker-registry", Duration::from_secs(20), || std::net::TcpStream::connect(&a).is_ok());
+        Registry { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // The test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+pub fn berthd_binary() -> PathBuf {
+    let p = target_dir().join("berthd");
+    assert!(p.exists(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    p
+}
+
+/// A berthd on temporary root/state directories.
+pub struct Berthd {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Berthd {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("berth-e2e").tempdir().unwrap();
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let socket = dir.path().join("berth.sock");
+        let mut d = Berthd { child: None, dir, root, state, socket };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("berthd.log")).unwrap();
+        let child = Command::new(berthd_binary())
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let s = self.socket.clone();
+        wait_for("berthd socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&s).is_ok());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("berthd is running");
+        // SAFETY: sending a signal to our own child process by pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    /// Runs `ctr -a SOCKET -n NS ARGS...`.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
+        require("ctr");
+        Command::new("ctr").arg("-a").arg(&self.socket).arg("-n").arg(ns).args(args).output().unwrap()
+    }
+
+    /// Like `ctr`, but fails the test with ctr's output (and berthd's log) when ctr fails.
+    pub fn ctr_ok(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ctr(ns, args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\n{}\n--- berthd log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Mount points below this daemon's directories that are still mounted.
+    pub fn leftover_mounts(&self) -> Vec<String> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let base = self.dir.path().to_string_lossy().into_owned();
+        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&base)).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        self.kill();
+        let mut left = self.leftover_mounts();
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+    }
+}
+
+/// One file system entry of a test layer.
+pub enum Entry {
+    Dir(&'static str, u32),
+    File(String, Vec<u8>, u32),
+    Symlink(&'static str, &'static str),
+    Hardlink(&'static str, &'static str),
+    Whiteout(&'static str),
+    Opaque(&'static str),
+}
+
+/// Builds a tar stream from entries, owned by root with fixed times.
+pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let head = |kind: tar::EntryType, size: u64, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h
+    };
+    for e in entries {
+        match e {
+            Entry::Dir(p, mode) => b.append_data(&mut head(tar::EntryType::Directory, 0, *mode), p, &[][..]).unwrap(),
+            Entry::File(p, data, mode) => b.append_data(&mut head(tar::EntryType::Regular, data.len() as u64, *mode), p, &data[..]).unwrap(),
+            Entry::Symlink(p, t) => b.append_link(&mut head(tar::EntryType::Symlink, 0, 0o777), p, t).unwrap(),
+            Entry::Hardlink(p, t) => b.append_link(&mut head(tar::EntryType::Link, 0, 0o644), p, t).unwrap(),
+            Entry::Whiteout(p) => {
+                let path = Path::new(p);
+                let name = format!(".wh.{}", path.file_name().unwrap().to_string_lossy());
+                let full = path.parent().map(|d| d.join(&name)).unwrap_or_else(|| name.into());
+                b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), full, &[][..]).unwrap()
+            }
+            Entry::Opaque(dir) => {
+                b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), Path::new(dir).join(".wh..wh..opq"), &[][..]).unwrap()
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The busybox base layer: /bin/busybox plus the applets a shell needs as symlinks.
+pub fn busybox_layer() -> Vec<Entry> {
+    let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static) is required");
+    let mut e = vec![Entry::Dir("bin", 0o755), Entry::File("bin/busybox".into(), bb, 0o755)];
+    for applet in ["sh", "ls", "cat", "echo", "true", "sleep"] {
+        e.push(Entry::Symlink(Box::leak(format!("bin/{applet}").into_boxed_str()), "busybox"));
+    }
+    e.push(Entry::Dir("etc", 0o755));
+    e.push(Entry::File("etc/hostname".into(), b"berth\n".to_vec(), 0o644));
+    e
+}
+
+/// An OCI image layout on disk, built from layers, that skopeo can push.
+pub struct OciImage {
+    pub dir: tempfile::TempDir,
+    pub manifest_digest: String,
+    pub diff_ids: Vec<String>,
+}
+
+impl OciImage {
+    pub fn build(layers: &[Vec<Entry>]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| -> String {
+            let d = sha256(data);
+            std::fs::write(blobs.join(&d[7..]), data).unwrap();
+            d
+        };
+        let mut diff_ids = Vec::new();
+        let mut layer_descs = Vec::new();
+        for l in layers {
+            let tar = layer_tar(l);
+            diff_ids.push(sha256(&tar));
+            let gz = gzip(&tar);
+            let d = put(&gz);
+            layer_descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
+        }
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap();
+        let cd = put(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": layer_descs,
+        }))
+        .unwrap();
+        let md = put(&manifest);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
+                           "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+        });
+        std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        OciImage { dir, manifest_digest: md, diff_ids }
+    }
+
+    /// Pushes the image to `registry` as `repo:latest` with skopeo.
+    pub fn push(&self, registry: &Registry, repo: &str) -> String {
+        require("skopeo");
+        let reference = format!("{}/{repo}:latest", registry.addr);
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:latest", self.dir.path().display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo push failed: {}", String::from_utf8_lossy(&out.stderr));
+        reference
+    }
+}

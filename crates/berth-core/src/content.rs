@@ -212,6 +212,11 @@ impl Writer {
         self.offset
     }
 
+    /// Digest of the bytes written so far.
+    pub fn digest_so_far(&self) -> Digest {
+        self.hasher.clone().finish()
+    }
+
     pub fn reference(&self) -> &str {
         &self.meta.r#ref
     }

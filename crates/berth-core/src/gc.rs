@@ -239,3 +239,54 @@ mod tests {
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }
+
+/// Runs the collector on its own thread: after deletions (`schedule`), on demand while a
+/// caller waits (`collect_now`, for `sync` deletes), and on a timer.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: std::sync::mpsc::Sender<Option<std::sync::mpsc::Sender<Result<GcStats>>>>,
+}
+
+impl Scheduler {
+    pub fn spawn(collector: Collector, every: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Option<std::sync::mpsc::Sender<Result<GcStats>>>>();
+        std::thread::Builder::new()
+            .name("berth-gc".into())
+            .spawn(move || loop {
+                let waiter = match rx.recv_timeout(every) {
+                    Ok(w) => w,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                // Fold requests that queued up meanwhile into this one run.
+                let mut waiters: Vec<_> = waiter.into_iter().collect();
+                while let Ok(w) = rx.try_recv() {
+                    waiters.extend(w);
+                }
+                let result = collector.collect();
+                match &result {
+                    Ok(s) if *s != GcStats::default() => tracing::info!(?s, "garbage collected"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("garbage collection failed: {e}"),
+                }
+                for w in waiters {
+                    let _ = w.send(result.as_ref().map(Clone::clone).map_err(|e| crate::Error::Database(e.to_string())));
+                }
+            })
+            .expect("spawn gc thread");
+        Scheduler { tx }
+    }
+
+    pub fn schedule(&self) {
+        let _ = self.tx.send(None);
+    }
+
+    /// Runs a collection and waits for it (blocking).
+    pub fn collect_now(&self) -> Result<GcStats> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Some(tx))
+            .map_err(|_| crate::Error::Unavailable("garbage collector is not running".into()))?;
+        rx.recv().map_err(|_| crate::Error::Unavailable("garbage collector stopped".into()))?
+    }
+}

@@ -1,1 +1,172 @@
-fn main() {}
+//! berthd: serves containerd's API v1 on a unix socket. This file is the wiring: it reads
+//! the configuration, opens the stores under --root, and hands them to the services.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_core::content::{BlobStore, ContentStore};
+use berth_core::gc::{Collector, Scheduler};
+use berth_core::images::Images;
+use berth_core::metadata::MetaStore;
+use berth_core::namespaces::Namespaces;
+use berth_core::snapshot::{Backend, Native, Overlay, Snapshots};
+use berth_services::server::{
+    content_server::ContentServer, diff_server::DiffServer, images_server::ImagesServer,
+    introspection_server::IntrospectionServer, leases_server::LeasesServer, namespaces_server::NamespacesServer,
+    snapshots_server::SnapshotsServer, version_server::VersionServer,
+};
+use clap::Parser;
+use serde::Deserialize;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version, about = "berth container runtime daemon (containerd API v1)")]
+struct Args {
+    /// Directory for durable state: content, snapshots, metadata.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Directory for state that dies with the machine: sockets, bundles, fifos.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Path of the gRPC unix socket.
+    #[arg(long, short = 'a')]
+    address: Option<PathBuf>,
+    /// TOML configuration file; flags override it.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// error, warn, info, debug or trace.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    root: Option<PathBuf>,
+    state: Option<PathBuf>,
+    address: Option<PathBuf>,
+    log_level: Option<String>,
+    /// Seconds between garbage collections when nothing triggers one.
+    gc_interval_secs: Option<u64>,
+}
+
+struct Settings {
+    root: PathBuf,
+    state: PathBuf,
+    address: PathBuf,
+    log_level: String,
+    gc_interval: Duration,
+}
+
+fn settings(args: Args) -> Result<Settings> {
+    let cfg: Config = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parse config {}", p.display()))?
+        }
+        None => Config::default(),
+    };
+    Ok(Settings {
+        root: args.root.or(cfg.root).unwrap_or_else(|| "/var/lib/berth".into()),
+        state: args.state.or(cfg.state).unwrap_or_else(|| "/run/berth".into()),
+        address: args.address.or(cfg.address).unwrap_or_else(|| "/run/berth/berth.sock".into()),
+        log_level: args.log_level.or(cfg.log_level).unwrap_or_else(|| "info".into()),
+        gc_interval: Duration::from_secs(cfg.gc_interval_secs.unwrap_or(300)),
+    })
+}
+
+/// Holds an exclusive lock on `<root>/berthd.lock` for the life of the daemon.
+fn lock_root(root: &Path) -> Result<std::fs::File> {
+    let p = root.join("berthd.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).with_context(|| format!("open {}", p.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!("another berthd is already running with root {} (lock {} is held)", root.display(), p.display());
+    }
+    Ok(f)
+}
+
+fn listen(address: &Path) -> Result<UnixListener> {
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(address) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove stale socket {}", address.display()))
+        }
+        _ => {}
+    }
+    let l = UnixListener::bind(address).with_context(|| format!("listen on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod {}", address.display()))?;
+    Ok(l)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = settings(Args::parse())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&s.log_level).context("bad --log-level")?)
+        .with_writer(std::io::stderr)
+        .init();
+    for d in [&s.root, &s.state] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let _lock = lock_root(&s.root)?;
+
+    let meta_dir = s.root.join("io.containerd.metadata.v1.redb");
+    std::fs::create_dir_all(&meta_dir)?;
+    let meta = Arc::new(MetaStore::open(&meta_dir.join("meta.redb")).context("open metadata")?);
+    let gc_lock = Arc::new(RwLock::new(()));
+    let blobs = BlobStore::open(&s.root.join("io.containerd.content.v1.content")).context("open content store")?;
+    let content = Arc::new(ContentStore::new(blobs, meta.clone(), gc_lock.clone()));
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    match Overlay::open(&s.root.join("io.containerd.snapshotter.v1.overlayfs")) {
+        Ok(o) => backends.push(Arc::new(o)),
+        Err(e) => tracing::warn!("overlayfs snapshotter unavailable: {e}"),
+    }
+    backends.push(Arc::new(Native::open(&s.root.join("io.containerd.snapshotter.v1.native")).context("open native snapshotter")?));
+    let snapshots = Arc::new(Snapshots::new(meta.clone(), backends, gc_lock.clone()));
+    let snapshotter_names: Vec<&'static str> = snapshots.names().collect();
+    let gc = Scheduler::spawn(
+        Collector { meta: meta.clone(), content: content.clone(), snapshots: snapshots.clone(), gc_lock: gc_lock.clone() },
+        s.gc_interval,
+    );
+    gc.schedule(); // reconcile what a crash may have left: stale dirs, unreferenced blobs
+    let uuid = meta.stable_value("server-uuid", || uuid::Uuid::new_v4().to_string()).context("server uuid")?;
+
+    let incoming = UnixListenerStream::new(listen(&s.address)?);
+    tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
+    use berth_services::*;
+    tonic::transport::Server::builder()
+        .add_service(VersionServer::new(version::VersionService))
+        .add_service(NamespacesServer::new(namespaces::NamespacesService {
+            store: Arc::new(Namespaces::new(meta.clone(), snapshotter_names.clone())),
+            gc: gc.clone(),
+        }))
+        .add_service(IntrospectionServer::new(introspection::IntrospectionService::new(uuid, &snapshotter_names)))
+        .add_service(ContentServer::new(content::ContentService { store: content.clone(), gc: gc.clone() }).max_decoding_message_size(64 << 20))
+        .add_service(ImagesServer::new(images::ImagesService { store: Arc::new(Images::new(meta.clone())), gc: gc.clone() }))
+        .add_service(LeasesServer::new(leases::LeasesService { meta: meta.clone(), gc: gc.clone() }))
+        .add_service(SnapshotsServer::new(snapshots::SnapshotsService { store: snapshots.clone(), gc: gc.clone() }))
+        .add_service(DiffServer::new(diff::DiffService { content: content.clone(), scratch: s.state.join("tmpmounts") }))
+        .serve_with_incoming_shutdown(incoming, shutdown())
+        .await
+        .context("serve")?;
+    let _ = std::fs::remove_file(&s.address);
+    tracing::info!("berthd stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,102 @@
+//! The edge between core and gRPC: error kinds to status codes (one function), the
+//! namespace and lease request headers, and time and label conversions.
+
+use std::collections::HashMap;
+
+use berth_core::metadata::{Labels, Timestamp};
+use berth_core::{Error, ErrorKind, Namespace};
+use tonic::{Code, Request, Status};
+
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+pub const LEASE_HEADER: &str = "containerd-lease";
+
+pub fn code_of(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::OutOfRange => Code::OutOfRange,
+        ErrorKind::Unsupported => Code::Unimplemented,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+pub fn to_status(e: Error) -> Status {
+    Status::new(code_of(e.kind()), e.to_string())
+}
+
+/// The namespace a request is for, from the `containerd-namespace` header.
+pub fn namespace<T>(req: &Request<T>) -> Result<Namespace, Status> {
+    let v = req
+        .metadata()
+        .get(NAMESPACE_HEADER)
+        .ok_or_else(|| Status::failed_precondition("namespace is required: set the containerd-namespace header"))?;
+    let s = v.to_str().map_err(|_| Status::invalid_argument("containerd-namespace header is not text"))?;
+    Namespace::new(s).map_err(to_status)
+}
+
+/// The lease a request works under, from the `containerd-lease` header.
+pub fn lease<T>(req: &Request<T>) -> Option<String> {
+    req.metadata().get(LEASE_HEADER).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+pub fn timestamp(t: Timestamp) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: t.0.div_euclid(1_000_000_000), nanos: t.0.rem_euclid(1_000_000_000) as i32 })
+}
+
+pub fn labels_in(l: HashMap<String, String>) -> Labels {
+    l.into_iter().collect()
+}
+
+pub fn labels_out(l: Labels) -> HashMap<String, String> {
+    l.into_iter().collect()
+}
+
+/// Runs blocking core work (disk, database commits) off the async reactor.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> berth_core::Result<T> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+        .map_err(to_status)
+}
+
+pub fn digest(s: &str) -> Result<berth_core::Digest, Status> {
+    berth_core::Digest::parse(s).map_err(to_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_code() {
+        let cases = [
+            (Error::NotFound("x".into()), Code::NotFound),
+            (Error::AlreadyExists("x".into()), Code::AlreadyExists),
+            (Error::FailedPrecondition("x".into()), Code::FailedPrecondition),
+            (Error::InvalidArgument("x".into()), Code::InvalidArgument),
+            (Error::Unavailable("x".into()), Code::Unavailable),
+            (Error::OutOfRange("x".into()), Code::OutOfRange),
+            (Error::Unsupported("x".into()), Code::Unimplemented),
+            (Error::Database("x".into()), Code::Internal),
+        ];
+        for (e, code) in cases {
+            assert_eq!(to_status(e).code(), code);
+        }
+        let nf = Error::Io { op: "open", path: "/x".into(), source: std::io::ErrorKind::NotFound.into() };
+        assert_eq!(to_status(nf).code(), Code::NotFound);
+    }
+
+    #[test]
+    fn namespace_header_is_required_and_validated() {
+        let req = Request::new(());
+        assert_eq!(namespace(&req).unwrap_err().code(), Code::FailedPrecondition);
+        let mut req = Request::new(());
+        req.metadata_mut().insert(NAMESPACE_HEADER, "bad/name".parse().unwrap());
+        assert_eq!(namespace(&req).unwrap_err().code(), Code::InvalidArgument);
+        req.metadata_mut().insert(NAMESPACE_HEADER, "default".parse().unwrap());
+        assert_eq!(namespace(&req).unwrap().as_str(), "default");
+    }
+}
