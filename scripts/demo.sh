@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The main job end to end on a fresh machine: install, build, start berthd with its
+# defaults, get an image built from /bin/busybox through a loopback registry (no
+# internet), and list it with Debian's ctr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --release --locked
+work=$(mktemp -d)
+cleanup() {
+  [[ -n "${berthd_pid:-}" ]] && kill "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null
+  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A loopback registry holding a busybox image.
+port=5123
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" > "$work/registry.yml"
+docker-registry serve "$work/registry.yml" & reg_pid=$!
+mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox" && ln -s busybox "$work/rootfs/bin/sh"
+umoci init --layout "$work/oci" && umoci new --image "$work/oci:latest"
+umoci insert --image "$work/oci:latest" "$work/rootfs" /
+for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://127.0.0.1:$port/busybox:latest"
+
+# berthd with its defaults: --root /var/lib/berth --state /run/berth --address /run/berth/berth.sock
+./target/release/berthd & berthd_pid=$!
+for _ in $(seq 100); do [[ -S /run/berth/berth.sock ]] && break; sleep 0.1; done
+ctr -a /run/berth/berth.sock version
+ctr -a /run/berth/berth.sock images pull --plain-http "127.0.0.1:$port/busybox:latest"
+ctr -a /run/berth/berth.sock images ls
+ctr -a /run/berth/berth.sock snapshots ls

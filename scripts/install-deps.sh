@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages berth builds and tests with: protoc (containerd-client's build), the
+# real peers (ctr/containerd, runc, crun, docker-registry), busybox for test images,
+# umoci and skopeo for building and comparing images, CNI plugins.
+set -euo pipefail
+pkgs=(protobuf-compiler containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts these services on install; berth's tests run their own instances.
+for svc in containerd docker-registry; do
+  systemctl stop "$svc" 2>/dev/null || pkill -x "$svc" 2>/dev/null || true
+done

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests beside the code and end-to-end tests under tests/
+# (real berthd, real docker-registry, Debian's ctr). Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --locked
+cargo test --workspace --locked -- --test-threads=2
