@@ -32,5 +32,153 @@ fn root_pull_list_check_and_remove_busybox() {
     assert_eq!(blobs, 0, "blobs left on disk after image removal");
     let snapdirs = std::fs::read_dir(d.root.join("io.containerd.snapshotter.v1.overlayfs/snapshots")).unwrap().count();
     assert_eq!(snapdirs, 0, "snapshot directories left on disk after image removal");
-    let _ = out_of;
+}
+
+fn pulled(reg: &Registry, layers: &[Vec<Entry>], repo: &str) -> (Berthd, OciImage, String) {
+    let img = OciImage::build(layers);
+    let reference = img.push(reg, repo);
+    let d = Berthd::start();
+    d.ctr_ok("default", &["images", "pull", "--plain-http", &reference]);
+    (d, img, reference)
+}
+
+#[test]
+fn root_version_plugins_and_namespaces() {
+    let d = Berthd::start();
+    let v = d.ctr_ok("default", &["version"]);
+    assert!(v.contains("berth"), "{v}");
+    let plugins = d.ctr_ok("default", &["plugins", "ls"]);
+    for p in ["io.containerd.snapshotter.v1", "overlayfs", "io.containerd.content.v1", "io.containerd.grpc.v1"] {
+        assert!(plugins.contains(p), "{p} missing from plugins:\n{plugins}");
+    }
+    d.ctr_ok("default", &["namespaces", "create", "team-a", "owner=me"]);
+    let ls = d.ctr_ok("default", &["namespaces", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with("team-a") && l.contains("owner=me")), "{ls}");
+    d.ctr_ok("default", &["namespaces", "label", "team-a", "owner=", "tier=gold"]);
+    let ls = d.ctr_ok("default", &["namespaces", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with("team-a") && l.contains("tier=gold") && !l.contains("owner")), "{ls}");
+    let dup = d.ctr("default", &["namespaces", "create", "team-a"]);
+    assert!(!dup.status.success() && out_of(&dup).contains("already exists"), "{}", out_of(&dup));
+    let bad = d.ctr("default", &["namespaces", "create", "bad/name"]);
+    assert!(!bad.status.success() && out_of(&bad).contains("invalid"), "{}", out_of(&bad));
+    let missing = d.ctr("default", &["namespaces", "label", "nobody", "a=b"]);
+    assert!(!missing.status.success() && out_of(&missing).contains("namespace \"nobody\" not found"), "{}", out_of(&missing));
+    // A namespace holding content cannot be removed.
+    d.ctr_ok("busy", &["leases", "create", "--id", "hold"]);
+    let mut c = std::process::Command::new("ctr");
+    c.arg("-a").arg(&d.socket).args(["-n", "busy", "content", "ingest", "x"]).stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"held").unwrap();
+    assert!(child.wait().unwrap().success());
+    let busy = d.ctr("default", &["namespaces", "rm", "busy"]);
+    assert!(out_of(&busy).contains("must be empty"), "{}", out_of(&busy));
+    // A namespace with a lease only can go; one with content cannot.
+    d.ctr_ok("team-a", &["leases", "create", "--id", "l1"]);
+    assert!(d.ctr_ok("team-a", &["leases", "ls"]).contains("l1"));
+    d.ctr_ok("default", &["namespaces", "rm", "team-a"]);
+    assert!(!d.ctr_ok("default", &["namespaces", "ls", "-q"]).contains("team-a"));
+    // SIGTERM stops berthd cleanly and removes its socket; the UUID survives a restart.
+    let mut d = d;
+    assert!(d.stop().success());
+    assert!(!d.socket.exists(), "socket left behind after SIGTERM");
+}
+
+#[test]
+fn root_second_daemon_on_same_root_refuses() {
+    let d = Berthd::start();
+    let out = std::process::Command::new(berthd_binary())
+        .arg("--root")
+        .arg(&d.root)
+        .arg("--state")
+        .arg(d.dir.path().join("state2"))
+        .arg("--address")
+        .arg(d.dir.path().join("second.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another berthd is already running"), "{}", out_of(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode");
+}
+
+#[test]
+fn root_tag_export_import_and_mount() {
+    let reg = Registry::start();
+    let data = vec![Entry::Dir("data", 0o755), Entry::File("data/hello".into(), b"hi\n".to_vec(), 0o640)];
+    let (d, _img, reference) = pulled(&reg, &[busybox_layer(), data], "busybox");
+    d.ctr_ok("default", &["images", "tag", &reference, "example.com/copy:1"]);
+    assert!(d.ctr_ok("default", &["images", "ls", "-q"]).contains("example.com/copy:1"));
+
+    let tarball = d.dir.path().join("export.tar");
+    d.ctr_ok("default", &["images", "export", tarball.to_str().unwrap(), &reference]);
+    d.ctr_ok("other", &["images", "import", "--base-name", "imported/busybox", tarball.to_str().unwrap()]);
+    let ls = d.ctr_ok("other", &["images", "ls", "-q"]);
+    assert!(!ls.trim().is_empty(), "nothing imported: {ls}");
+    let check = d.ctr_ok("other", &["images", "check"]);
+    assert!(check.contains("complete"), "{check}");
+
+    let target = d.dir.path().join("mnt");
+    std::fs::create_dir_all(&target).unwrap();
+    d.ctr_ok("default", &["images", "mount", &reference, target.to_str().unwrap()]);
+    let hello = std::fs::read_to_string(target.join("data/hello"));
+    let busybox = target.join("bin/busybox").exists();
+    d.ctr_ok("default", &["images", "unmount", "--rm", target.to_str().unwrap()]);
+    assert_eq!(hello.unwrap(), "hi\n");
+    assert!(busybox);
+    assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
+}
+
+#[test]
+fn root_commit_with_wrong_digest_publishes_nothing() {
+    let d = Berthd::start();
+    let blobs = d.root.join("io.containerd.content.v1.content/blobs/sha256");
+    let wrong = sha256(b"not this");
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new("ctr");
+        c.arg("-a").arg(&d.socket).args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"some bytes").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["content", "ingest", "--expected-digest", &wrong, "ref-digest"]);
+    assert!(!out.status.success());
+    assert!(out_of(&out).contains("unexpected digest") && out_of(&out).contains(&wrong), "{}", out_of(&out));
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0, "a blob was published");
+    assert!(d.ctr_ok("default", &["content", "ls", "-q"]).trim().is_empty());
+    // The right digest goes through.
+    let out = run(&["content", "ingest", "--expected-digest", &sha256(b"some bytes"), "ref-ok"]);
+    assert!(out.status.success(), "{}", out_of(&out));
+    assert!(d.ctr_ok("default", &["content", "ls", "-q"]).contains(&sha256(b"some bytes")));
+}
+
+#[test]
+fn root_hostile_layer_is_refused_and_writes_nothing_outside() {
+    let reg = Registry::start();
+    let img = OciImage::build(&[busybox_layer(), vec![Entry::RawFile("../../../../../../tmp/berth-escape-test", b"pwned")]]);
+    let reference = img.push(&reg, "evil");
+    let d = Berthd::start();
+    let _ = std::fs::remove_file("/tmp/berth-escape-test");
+    let out = d.ctr("default", &["images", "pull", "--plain-http", &reference]);
+    assert!(!out.status.success(), "hostile image unpacked: {}", out_of(&out));
+    assert!(out_of(&out).contains("escape"), "{}", out_of(&out));
+    assert!(!std::path::Path::new("/tmp/berth-escape-test").exists(), "a layer wrote outside its snapshot");
+    assert!(d.leftover_mounts().is_empty());
+}
+
+#[test]
+fn root_unknown_objects_and_bad_filters() {
+    let d = Berthd::start();
+    let out = d.ctr("default", &["images", "rm", "nope:latest"]);
+    assert!(out_of(&out).contains("not found"), "{}", out_of(&out));
+    let out = d.ctr("default", &["images", "ls", "name~=("]);
+    assert!(!out.status.success(), "{}", out_of(&out));
+    let out = d.ctr("default", &["leases", "rm", "nolease"]);
+    assert!(out_of(&out).contains("not found"), "{}", out_of(&out));
+    d.ctr_ok("default", &["leases", "create", "--id", "dup"]);
+    let out = d.ctr("default", &["leases", "create", "--id", "dup"]);
+    assert!(out_of(&out).contains("already exists"), "{}", out_of(&out));
+    let out = d.ctr("default", &["snapshots", "--snapshotter", "zfs", "ls"]);
+    assert!(out_of(&out).contains("snapshotter not loaded"), "{}", out_of(&out));
 }

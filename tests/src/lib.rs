@@ -186,6 +186,8 @@ pub enum Entry {
     Hardlink(&'static str, &'static str),
     Whiteout(&'static str),
     Opaque(&'static str),
+    /// A regular file whose name is written byte for byte, for hostile layers.
+    RawFile(&'static str, &'static [u8]),
 }
 
 /// Builds a tar stream from entries, owned by root with fixed times.
@@ -212,6 +214,12 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
                 let name = format!(".wh.{}", path.file_name().unwrap().to_string_lossy());
                 let full = path.parent().map(|d| d.join(&name)).unwrap_or_else(|| name.into());
                 b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), full, &[][..]).unwrap()
+            }
+            Entry::RawFile(name, data) => {
+                let mut h = head(tar::EntryType::Regular, data.len() as u64, 0o644);
+                h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                b.append(&h, *data).unwrap()
             }
             Entry::Opaque(dir) => {
                 b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), Path::new(dir).join(".wh..wh..opq"), &[][..]).unwrap()

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Namespace(String);
 
 const MAX_LEN: usize = 76;
@@ -28,6 +28,13 @@ impl Namespace {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Messages name namespaces as `"default"`, the way containerd's do.
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
     }
 }
 
