@@ -123,6 +123,11 @@ impl BlobStore {
         self.root.join("ingest").join(name.hex())
     }
 
+    /// Whether no writer holds the ingest in `dir` right now.
+    pub fn ingest_is_unlocked(&self, dir: &Path) -> bool {
+        !self.locked.lock().unwrap_or_else(|p| p.into_inner()).contains(&*dir.to_string_lossy())
+    }
+
     fn lock(&self, dir: &Path, r: &str) -> Result<IngestLock> {
         let k = dir.to_string_lossy().into_owned();
         let mut locked = self.locked.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,19 +160,26 @@ impl BlobStore {
         Ok((meta, status))
     }
 
-    /// All ingests with the namespace they belong to.
+    /// All readable ingests with the namespace they belong to. Listing never removes
+    /// anything: an ingest may be between its rename and its removal in a commit.
     pub fn ingests(&self) -> Result<Vec<(String, IngestStatus, PathBuf)>> {
+        Ok(self.ingest_dirs()?.into_iter().filter_map(|(dir, r)| r.ok().map(|(m, s)| (m.namespace, s, dir))).collect())
+    }
+
+    /// Ingest directories that cannot be read (cut short while being created); only the
+    /// collector, which excludes commits, may remove them.
+    pub fn broken_ingests(&self) -> Result<Vec<PathBuf>> {
+        Ok(self.ingest_dirs()?.into_iter().filter(|(_, r)| r.is_err()).map(|(d, _)| d).collect())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn ingest_dirs(&self) -> Result<Vec<(PathBuf, Result<(IngestMeta, IngestStatus)>)>> {
         let dir = self.root.join("ingest");
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(Error::io("read", &dir))? {
-            let e = e.map_err(Error::io("read", &dir))?;
-            match self.read_ingest(&e.path()) {
-                Ok((m, s)) => out.push((m.namespace, s, e.path())),
-                // An ingest without readable metadata was cut short while being created.
-                Err(_) => {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
+            let p = e.map_err(Error::io("read", &dir))?.path();
+            let r = self.read_ingest(&p);
+            out.push((p, r));
         }
         Ok(out)
     }

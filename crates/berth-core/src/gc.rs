@@ -214,9 +214,15 @@ impl Collector {
                 }
             }
         }
+        for dir in blobs.broken_ingests()? {
+            if self.content.blobs().ingest_is_unlocked(&dir) && std::fs::remove_dir_all(&dir).is_ok() {
+                stats.ingests_removed += 1;
+            }
+        }
         let cutoff = now - UNLEASED_INGEST_EXPIRY.as_nanos() as i64;
         for (ns, status, dir) in blobs.ingests()? {
-            if !leased_ingests.contains(&(ns, status.r#ref.clone())) && status.updated_at.0 < cutoff {
+            let stale = !leased_ingests.contains(&(ns, status.r#ref.clone())) && status.updated_at.0 < cutoff;
+            if stale && self.content.blobs().ingest_is_unlocked(&dir) {
                 if std::fs::remove_dir_all(&dir).is_ok() {
                     stats.ingests_removed += 1;
                 }
