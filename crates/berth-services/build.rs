@@ -4,10 +4,23 @@
 use tonic_build::manual::{Builder, Method, Service};
 
 /// (method, route name, input, output, client streaming, server streaming)
-type M = (&'static str, &'static str, &'static str, &'static str, bool, bool);
+type M = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    bool,
+);
 
 fn service(name: &str, package: &str, module: &str, methods: &[M]) -> Service {
-    let ty = |t: &str| if t == "()" { "crate::Empty".to_string() } else { format!("::containerd_client::services::v1::{module}{t}") };
+    let ty = |t: &str| {
+        if t == "()" {
+            "crate::Empty".to_string()
+        } else {
+            format!("::containerd_client::services::v1::{module}{t}")
+        }
+    };
     let mut s = Service::builder().name(name).package(package);
     for (m, route, input, output, cs, ss) in methods {
         let mut b = Method::builder()
@@ -29,17 +42,57 @@ fn service(name: &str, package: &str, module: &str, methods: &[M]) -> Service {
 
 fn main() {
     let services = [
-        service("Version", "containerd.services.version.v1", "", &[("version", "Version", "()", "VersionResponse", false, false)]),
+        service(
+            "Version",
+            "containerd.services.version.v1",
+            "",
+            &[("version", "Version", "()", "VersionResponse", false, false)],
+        ),
         service(
             "Namespaces",
             "containerd.services.namespaces.v1",
             "",
             &[
-                ("get", "Get", "GetNamespaceRequest", "GetNamespaceResponse", false, false),
-                ("list", "List", "ListNamespacesRequest", "ListNamespacesResponse", false, false),
-                ("create", "Create", "CreateNamespaceRequest", "CreateNamespaceResponse", false, false),
-                ("update", "Update", "UpdateNamespaceRequest", "UpdateNamespaceResponse", false, false),
-                ("delete", "Delete", "DeleteNamespaceRequest", "()", false, false),
+                (
+                    "get",
+                    "Get",
+                    "GetNamespaceRequest",
+                    "GetNamespaceResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list",
+                    "List",
+                    "ListNamespacesRequest",
+                    "ListNamespacesResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "create",
+                    "Create",
+                    "CreateNamespaceRequest",
+                    "CreateNamespaceResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "update",
+                    "Update",
+                    "UpdateNamespaceRequest",
+                    "UpdateNamespaceResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "delete",
+                    "Delete",
+                    "DeleteNamespaceRequest",
+                    "()",
+                    false,
+                    false,
+                ),
             ],
         ),
         service(
@@ -47,9 +100,23 @@ fn main() {
             "containerd.services.introspection.v1",
             "",
             &[
-                ("plugins", "Plugins", "PluginsRequest", "PluginsResponse", false, false),
+                (
+                    "plugins",
+                    "Plugins",
+                    "PluginsRequest",
+                    "PluginsResponse",
+                    false,
+                    false,
+                ),
                 ("server", "Server", "()", "ServerResponse", false, false),
-                ("plugin_info", "PluginInfo", "PluginInfoRequest", "PluginInfoResponse", false, false),
+                (
+                    "plugin_info",
+                    "PluginInfo",
+                    "PluginInfoRequest",
+                    "PluginInfoResponse",
+                    false,
+                    false,
+                ),
             ],
         ),
         service(
@@ -58,13 +125,62 @@ fn main() {
             "",
             &[
                 ("info", "Info", "InfoRequest", "InfoResponse", false, false),
-                ("update", "Update", "UpdateRequest", "UpdateResponse", false, false),
-                ("list", "List", "ListContentRequest", "ListContentResponse", false, true),
-                ("delete", "Delete", "DeleteContentRequest", "()", false, false),
-                ("read", "Read", "ReadContentRequest", "ReadContentResponse", false, true),
-                ("status", "Status", "StatusRequest", "StatusResponse", false, false),
-                ("list_statuses", "ListStatuses", "ListStatusesRequest", "ListStatusesResponse", false, false),
-                ("write", "Write", "WriteContentRequest", "WriteContentResponse", true, true),
+                (
+                    "update",
+                    "Update",
+                    "UpdateRequest",
+                    "UpdateResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list",
+                    "List",
+                    "ListContentRequest",
+                    "ListContentResponse",
+                    false,
+                    true,
+                ),
+                (
+                    "delete",
+                    "Delete",
+                    "DeleteContentRequest",
+                    "()",
+                    false,
+                    false,
+                ),
+                (
+                    "read",
+                    "Read",
+                    "ReadContentRequest",
+                    "ReadContentResponse",
+                    false,
+                    true,
+                ),
+                (
+                    "status",
+                    "Status",
+                    "StatusRequest",
+                    "StatusResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list_statuses",
+                    "ListStatuses",
+                    "ListStatusesRequest",
+                    "ListStatusesResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "write",
+                    "Write",
+                    "WriteContentRequest",
+                    "WriteContentResponse",
+                    true,
+                    true,
+                ),
                 ("abort", "Abort", "AbortRequest", "()", false, false),
             ],
         ),
@@ -73,10 +189,38 @@ fn main() {
             "containerd.services.images.v1",
             "",
             &[
-                ("get", "Get", "GetImageRequest", "GetImageResponse", false, false),
-                ("list", "List", "ListImagesRequest", "ListImagesResponse", false, false),
-                ("create", "Create", "CreateImageRequest", "CreateImageResponse", false, false),
-                ("update", "Update", "UpdateImageRequest", "UpdateImageResponse", false, false),
+                (
+                    "get",
+                    "Get",
+                    "GetImageRequest",
+                    "GetImageResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list",
+                    "List",
+                    "ListImagesRequest",
+                    "ListImagesResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "create",
+                    "Create",
+                    "CreateImageRequest",
+                    "CreateImageResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "update",
+                    "Update",
+                    "UpdateImageRequest",
+                    "UpdateImageResponse",
+                    false,
+                    false,
+                ),
                 ("delete", "Delete", "DeleteImageRequest", "()", false, false),
             ],
         ),
@@ -85,12 +229,40 @@ fn main() {
             "containerd.services.leases.v1",
             "",
             &[
-                ("create", "Create", "CreateRequest", "CreateResponse", false, false),
+                (
+                    "create",
+                    "Create",
+                    "CreateRequest",
+                    "CreateResponse",
+                    false,
+                    false,
+                ),
                 ("delete", "Delete", "DeleteRequest", "()", false, false),
                 ("list", "List", "ListRequest", "ListResponse", false, false),
-                ("add_resource", "AddResource", "AddResourceRequest", "()", false, false),
-                ("delete_resource", "DeleteResource", "DeleteResourceRequest", "()", false, false),
-                ("list_resources", "ListResources", "ListResourcesRequest", "ListResourcesResponse", false, false),
+                (
+                    "add_resource",
+                    "AddResource",
+                    "AddResourceRequest",
+                    "()",
+                    false,
+                    false,
+                ),
+                (
+                    "delete_resource",
+                    "DeleteResource",
+                    "DeleteResourceRequest",
+                    "()",
+                    false,
+                    false,
+                ),
+                (
+                    "list_resources",
+                    "ListResources",
+                    "ListResourcesRequest",
+                    "ListResourcesResponse",
+                    false,
+                    false,
+                ),
             ],
         ),
         service(
@@ -98,15 +270,78 @@ fn main() {
             "containerd.services.snapshots.v1",
             "snapshots::",
             &[
-                ("prepare", "Prepare", "PrepareSnapshotRequest", "PrepareSnapshotResponse", false, false),
-                ("view", "View", "ViewSnapshotRequest", "ViewSnapshotResponse", false, false),
-                ("mounts", "Mounts", "MountsRequest", "MountsResponse", false, false),
-                ("commit", "Commit", "CommitSnapshotRequest", "()", false, false),
-                ("remove", "Remove", "RemoveSnapshotRequest", "()", false, false),
-                ("stat", "Stat", "StatSnapshotRequest", "StatSnapshotResponse", false, false),
-                ("update", "Update", "UpdateSnapshotRequest", "UpdateSnapshotResponse", false, false),
-                ("list", "List", "ListSnapshotsRequest", "ListSnapshotsResponse", false, true),
-                ("usage", "Usage", "UsageRequest", "UsageResponse", false, false),
+                (
+                    "prepare",
+                    "Prepare",
+                    "PrepareSnapshotRequest",
+                    "PrepareSnapshotResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "view",
+                    "View",
+                    "ViewSnapshotRequest",
+                    "ViewSnapshotResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "mounts",
+                    "Mounts",
+                    "MountsRequest",
+                    "MountsResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "commit",
+                    "Commit",
+                    "CommitSnapshotRequest",
+                    "()",
+                    false,
+                    false,
+                ),
+                (
+                    "remove",
+                    "Remove",
+                    "RemoveSnapshotRequest",
+                    "()",
+                    false,
+                    false,
+                ),
+                (
+                    "stat",
+                    "Stat",
+                    "StatSnapshotRequest",
+                    "StatSnapshotResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "update",
+                    "Update",
+                    "UpdateSnapshotRequest",
+                    "UpdateSnapshotResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list",
+                    "List",
+                    "ListSnapshotsRequest",
+                    "ListSnapshotsResponse",
+                    false,
+                    true,
+                ),
+                (
+                    "usage",
+                    "Usage",
+                    "UsageRequest",
+                    "UsageResponse",
+                    false,
+                    false,
+                ),
                 ("cleanup", "Cleanup", "CleanupRequest", "()", false, false),
             ],
         ),
@@ -115,10 +350,21 @@ fn main() {
             "containerd.services.diff.v1",
             "",
             &[
-                ("apply", "Apply", "ApplyRequest", "ApplyResponse", false, false),
+                (
+                    "apply",
+                    "Apply",
+                    "ApplyRequest",
+                    "ApplyResponse",
+                    false,
+                    false,
+                ),
                 ("diff", "Diff", "DiffRequest", "DiffResponse", false, false),
             ],
         ),
     ];
-    Builder::new().build_client(false).build_server(true).build_transport(true).compile(&services);
+    Builder::new()
+        .build_client(false)
+        .build_server(true)
+        .build_transport(true)
+        .compile(&services);
 }

@@ -4,13 +4,23 @@
 use berth_e2e::*;
 
 fn out_of(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
 fn root_pull_list_check_and_remove_busybox() {
     let reg = Registry::start();
-    let img = OciImage::build(&[busybox_layer(), vec![Entry::Dir("data", 0o755), Entry::File("data/hello".into(), b"hi\n".to_vec(), 0o644)]]);
+    let img = OciImage::build(&[
+        busybox_layer(),
+        vec![
+            Entry::Dir("data", 0o755),
+            Entry::File("data/hello".into(), b"hi\n".to_vec(), 0o644),
+        ],
+    ]);
     let reference = img.push(&reg, "busybox");
     let d = Berthd::start();
 
@@ -20,18 +30,38 @@ fn root_pull_list_check_and_remove_busybox() {
     let check = d.ctr_ok("default", &["images", "check"]);
     assert!(check.contains("complete (3/3)"), "{check}");
     let snaps = d.ctr_ok("default", &["snapshots", "ls"]);
-    assert_eq!(snaps.lines().filter(|l| l.contains("Committed")).count(), 2, "{snaps}");
+    assert_eq!(
+        snaps.lines().filter(|l| l.contains("Committed")).count(),
+        2,
+        "{snaps}"
+    );
     let content = d.ctr_ok("default", &["content", "ls"]);
     assert!(content.contains(&img.manifest_digest), "{content}");
 
     d.ctr_ok("default", &["images", "rm", "--sync", &reference]);
-    assert!(d.ctr_ok("default", &["images", "ls", "-q"]).trim().is_empty());
-    assert!(d.ctr_ok("default", &["content", "ls", "-q"]).trim().is_empty());
+    assert!(d
+        .ctr_ok("default", &["images", "ls", "-q"])
+        .trim()
+        .is_empty());
+    assert!(d
+        .ctr_ok("default", &["content", "ls", "-q"])
+        .trim()
+        .is_empty());
     assert!(d.ctr_ok("default", &["snapshots", "ls"]).lines().count() <= 1);
-    let blobs = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256")).unwrap().count();
+    let blobs = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 0, "blobs left on disk after image removal");
-    let snapdirs = std::fs::read_dir(d.root.join("io.containerd.snapshotter.v1.overlayfs/snapshots")).unwrap().count();
-    assert_eq!(snapdirs, 0, "snapshot directories left on disk after image removal");
+    let snapdirs = std::fs::read_dir(
+        d.root
+            .join("io.containerd.snapshotter.v1.overlayfs/snapshots"),
+    )
+    .unwrap()
+    .count();
+    assert_eq!(
+        snapdirs, 0,
+        "snapshot directories left on disk after image removal"
+    );
 }
 
 fn pulled(reg: &Registry, layers: &[Vec<Entry>], repo: &str) -> (Berthd, OciImage, String) {
@@ -48,25 +78,56 @@ fn root_version_plugins_and_namespaces() {
     let v = d.ctr_ok("default", &["version"]);
     assert!(v.contains("berth"), "{v}");
     let plugins = d.ctr_ok("default", &["plugins", "ls"]);
-    for p in ["io.containerd.snapshotter.v1", "overlayfs", "io.containerd.content.v1", "io.containerd.grpc.v1"] {
+    for p in [
+        "io.containerd.snapshotter.v1",
+        "overlayfs",
+        "io.containerd.content.v1",
+        "io.containerd.grpc.v1",
+    ] {
         assert!(plugins.contains(p), "{p} missing from plugins:\n{plugins}");
     }
     d.ctr_ok("default", &["namespaces", "create", "team-a", "owner=me"]);
     let ls = d.ctr_ok("default", &["namespaces", "ls"]);
-    assert!(ls.lines().any(|l| l.starts_with("team-a") && l.contains("owner=me")), "{ls}");
-    d.ctr_ok("default", &["namespaces", "label", "team-a", "owner=", "tier=gold"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("team-a") && l.contains("owner=me")),
+        "{ls}"
+    );
+    d.ctr_ok(
+        "default",
+        &["namespaces", "label", "team-a", "owner=", "tier=gold"],
+    );
     let ls = d.ctr_ok("default", &["namespaces", "ls"]);
-    assert!(ls.lines().any(|l| l.starts_with("team-a") && l.contains("tier=gold") && !l.contains("owner")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("team-a") && l.contains("tier=gold") && !l.contains("owner")),
+        "{ls}"
+    );
     let dup = d.ctr("default", &["namespaces", "create", "team-a"]);
-    assert!(!dup.status.success() && out_of(&dup).contains("already exists"), "{}", out_of(&dup));
+    assert!(
+        !dup.status.success() && out_of(&dup).contains("already exists"),
+        "{}",
+        out_of(&dup)
+    );
     let bad = d.ctr("default", &["namespaces", "create", "bad/name"]);
-    assert!(!bad.status.success() && out_of(&bad).contains("invalid"), "{}", out_of(&bad));
+    assert!(
+        !bad.status.success() && out_of(&bad).contains("invalid"),
+        "{}",
+        out_of(&bad)
+    );
     let missing = d.ctr("default", &["namespaces", "label", "nobody", "a=b"]);
-    assert!(!missing.status.success() && out_of(&missing).contains("namespace \"nobody\" not found"), "{}", out_of(&missing));
+    assert!(
+        !missing.status.success() && out_of(&missing).contains("namespace \"nobody\" not found"),
+        "{}",
+        out_of(&missing)
+    );
     // A namespace holding content cannot be removed.
     d.ctr_ok("busy", &["leases", "create", "--id", "hold"]);
     let mut c = std::process::Command::new("ctr");
-    c.arg("-a").arg(&d.socket).args(["-n", "busy", "content", "ingest", "x"]).stdin(std::process::Stdio::piped());
+    c.arg("-a")
+        .arg(&d.socket)
+        .args(["-n", "busy", "content", "ingest", "x"])
+        .stdin(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"held").unwrap();
     assert!(child.wait().unwrap().success());
@@ -76,7 +137,9 @@ fn root_version_plugins_and_namespaces() {
     d.ctr_ok("team-a", &["leases", "create", "--id", "l1"]);
     assert!(d.ctr_ok("team-a", &["leases", "ls"]).contains("l1"));
     d.ctr_ok("default", &["namespaces", "rm", "team-a"]);
-    assert!(!d.ctr_ok("default", &["namespaces", "ls", "-q"]).contains("team-a"));
+    assert!(!d
+        .ctr_ok("default", &["namespaces", "ls", "-q"])
+        .contains("team-a"));
     // SIGTERM stops berthd cleanly and removes its socket; the UUID survives a restart.
     let mut d = d;
     assert!(d.stop().success());
@@ -96,7 +159,11 @@ fn root_second_daemon_on_same_root_refuses() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another berthd is already running"), "{}", out_of(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another berthd is already running"),
+        "{}",
+        out_of(&out)
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode");
@@ -105,14 +172,34 @@ fn root_second_daemon_on_same_root_refuses() {
 #[test]
 fn root_tag_export_import_and_mount() {
     let reg = Registry::start();
-    let data = vec![Entry::Dir("data", 0o755), Entry::File("data/hello".into(), b"hi\n".to_vec(), 0o640)];
+    let data = vec![
+        Entry::Dir("data", 0o755),
+        Entry::File("data/hello".into(), b"hi\n".to_vec(), 0o640),
+    ];
     let (d, _img, reference) = pulled(&reg, &[busybox_layer(), data], "busybox");
-    d.ctr_ok("default", &["images", "tag", &reference, "example.com/copy:1"]);
-    assert!(d.ctr_ok("default", &["images", "ls", "-q"]).contains("example.com/copy:1"));
+    d.ctr_ok(
+        "default",
+        &["images", "tag", &reference, "example.com/copy:1"],
+    );
+    assert!(d
+        .ctr_ok("default", &["images", "ls", "-q"])
+        .contains("example.com/copy:1"));
 
     let tarball = d.dir.path().join("export.tar");
-    d.ctr_ok("default", &["images", "export", tarball.to_str().unwrap(), &reference]);
-    d.ctr_ok("other", &["images", "import", "--base-name", "imported/busybox", tarball.to_str().unwrap()]);
+    d.ctr_ok(
+        "default",
+        &["images", "export", tarball.to_str().unwrap(), &reference],
+    );
+    d.ctr_ok(
+        "other",
+        &[
+            "images",
+            "import",
+            "--base-name",
+            "imported/busybox",
+            tarball.to_str().unwrap(),
+        ],
+    );
     let ls = d.ctr_ok("other", &["images", "ls", "-q"]);
     assert!(!ls.trim().is_empty(), "nothing imported: {ls}");
     let check = d.ctr_ok("other", &["images", "check"]);
@@ -120,10 +207,16 @@ fn root_tag_export_import_and_mount() {
 
     let target = d.dir.path().join("mnt");
     std::fs::create_dir_all(&target).unwrap();
-    d.ctr_ok("default", &["images", "mount", &reference, target.to_str().unwrap()]);
+    d.ctr_ok(
+        "default",
+        &["images", "mount", &reference, target.to_str().unwrap()],
+    );
     let hello = std::fs::read_to_string(target.join("data/hello"));
     let busybox = target.join("bin/busybox").exists();
-    d.ctr_ok("default", &["images", "unmount", "--rm", target.to_str().unwrap()]);
+    d.ctr_ok(
+        "default",
+        &["images", "unmount", "--rm", target.to_str().unwrap()],
+    );
     assert_eq!(hello.unwrap(), "hi\n");
     assert!(busybox);
     assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
@@ -136,34 +229,82 @@ fn root_commit_with_wrong_digest_publishes_nothing() {
     let wrong = sha256(b"not this");
     let run = |args: &[&str]| {
         let mut c = std::process::Command::new("ctr");
-        c.arg("-a").arg(&d.socket).args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.arg("-a")
+            .arg(&d.socket)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"some bytes").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"some bytes")
+            .unwrap();
         child.wait_with_output().unwrap()
     };
-    let out = run(&["content", "ingest", "--expected-digest", &wrong, "ref-digest"]);
+    let out = run(&[
+        "content",
+        "ingest",
+        "--expected-digest",
+        &wrong,
+        "ref-digest",
+    ]);
     assert!(!out.status.success());
-    assert!(out_of(&out).contains("unexpected digest") && out_of(&out).contains(&wrong), "{}", out_of(&out));
-    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0, "a blob was published");
-    assert!(d.ctr_ok("default", &["content", "ls", "-q"]).trim().is_empty());
+    assert!(
+        out_of(&out).contains("unexpected digest") && out_of(&out).contains(&wrong),
+        "{}",
+        out_of(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "a blob was published"
+    );
+    assert!(d
+        .ctr_ok("default", &["content", "ls", "-q"])
+        .trim()
+        .is_empty());
     // The right digest goes through.
-    let out = run(&["content", "ingest", "--expected-digest", &sha256(b"some bytes"), "ref-ok"]);
+    let out = run(&[
+        "content",
+        "ingest",
+        "--expected-digest",
+        &sha256(b"some bytes"),
+        "ref-ok",
+    ]);
     assert!(out.status.success(), "{}", out_of(&out));
-    assert!(d.ctr_ok("default", &["content", "ls", "-q"]).contains(&sha256(b"some bytes")));
+    assert!(d
+        .ctr_ok("default", &["content", "ls", "-q"])
+        .contains(&sha256(b"some bytes")));
 }
 
 #[test]
 fn root_hostile_layer_is_refused_and_writes_nothing_outside() {
     let reg = Registry::start();
-    let img = OciImage::build(&[busybox_layer(), vec![Entry::RawFile("../../../../../../tmp/berth-escape-test", b"pwned")]]);
+    let img = OciImage::build(&[
+        busybox_layer(),
+        vec![Entry::RawFile(
+            "../../../../../../tmp/berth-escape-test",
+            b"pwned",
+        )],
+    ]);
     let reference = img.push(&reg, "evil");
     let d = Berthd::start();
     let _ = std::fs::remove_file("/tmp/berth-escape-test");
     let out = d.ctr("default", &["images", "pull", "--plain-http", &reference]);
-    assert!(!out.status.success(), "hostile image unpacked: {}", out_of(&out));
+    assert!(
+        !out.status.success(),
+        "hostile image unpacked: {}",
+        out_of(&out)
+    );
     assert!(out_of(&out).contains("escape"), "{}", out_of(&out));
-    assert!(!std::path::Path::new("/tmp/berth-escape-test").exists(), "a layer wrote outside its snapshot");
+    assert!(
+        !std::path::Path::new("/tmp/berth-escape-test").exists(),
+        "a layer wrote outside its snapshot"
+    );
     assert!(d.leftover_mounts().is_empty());
 }
 
@@ -180,5 +321,9 @@ fn root_unknown_objects_and_bad_filters() {
     let out = d.ctr("default", &["leases", "create", "--id", "dup"]);
     assert!(out_of(&out).contains("already exists"), "{}", out_of(&out));
     let out = d.ctr("default", &["snapshots", "--snapshotter", "zfs", "ls"]);
-    assert!(out_of(&out).contains("snapshotter not loaded"), "{}", out_of(&out));
+    assert!(
+        out_of(&out).contains("snapshotter not loaded"),
+        "{}",
+        out_of(&out)
+    );
 }

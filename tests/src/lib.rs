@@ -15,7 +15,11 @@ pub fn sha256(data: &[u8]) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
@@ -28,8 +32,16 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 /// Fails the test (rather than skipping it quietly) when a required tool is missing.
 pub fn require(tool: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(found, "{tool} is not installed: run .ci/run (or apt-get install the packages it lists)");
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: run .ci/run (or apt-get install the packages it lists)"
+    );
 }
 
 /// A docker-registry (distribution) serving on 127.0.0.1 with storage in a temp dir.
@@ -53,11 +65,23 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry").arg("serve").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let addr = format!("127.0.0.1:{port}");
         let a = addr.clone();
-        wait_for("docker-registry", Duration::from_secs(20), || std::net::TcpStream::connect(&a).is_ok());
-        Registry { child, addr, _dir: dir }
+        wait_for("docker-registry", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&a).is_ok()
+        });
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
     }
 }
 
@@ -76,7 +100,11 @@ fn target_dir() -> PathBuf {
 
 pub fn berthd_binary() -> PathBuf {
     let p = target_dir().join("berthd");
-    assert!(p.exists(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
     p
 }
 
@@ -91,17 +119,30 @@ pub struct Berthd {
 
 impl Berthd {
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("berth-e2e").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e")
+            .tempdir()
+            .unwrap();
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = dir.path().join("berth.sock");
-        let mut d = Berthd { child: None, dir, root, state, socket };
+        let mut d = Berthd {
+            child: None,
+            dir,
+            root,
+            state,
+            socket,
+        };
         d.spawn();
         d
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("berthd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berthd.log"))
+            .unwrap();
         let child = Command::new(berthd_binary())
             .arg("--root")
             .arg(&self.root)
@@ -117,7 +158,9 @@ impl Berthd {
             .unwrap();
         self.child = Some(child);
         let s = self.socket.clone();
-        wait_for("berthd socket", Duration::from_secs(20), || std::os::unix::net::UnixStream::connect(&s).is_ok());
+        wait_for("berthd socket", Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&s).is_ok()
+        });
     }
 
     pub fn log(&self) -> String {
@@ -143,7 +186,14 @@ impl Berthd {
     /// Runs `ctr -a SOCKET -n NS ARGS...`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
         require("ctr");
-        Command::new("ctr").arg("-a").arg(&self.socket).arg("-n").arg(ns).args(args).output().unwrap()
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Like `ctr`, but fails the test with ctr's output (and berthd's log) when ctr fails.
@@ -163,7 +213,12 @@ impl Berthd {
     pub fn leftover_mounts(&self) -> Vec<String> {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let base = self.dir.path().to_string_lossy().into_owned();
-        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&base)).map(str::to_owned).collect()
+        mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&base))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -205,15 +260,31 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
     };
     for e in entries {
         match e {
-            Entry::Dir(p, mode) => b.append_data(&mut head(tar::EntryType::Directory, 0, *mode), p, &[][..]).unwrap(),
-            Entry::File(p, data, mode) => b.append_data(&mut head(tar::EntryType::Regular, data.len() as u64, *mode), p, &data[..]).unwrap(),
-            Entry::Symlink(p, t) => b.append_link(&mut head(tar::EntryType::Symlink, 0, 0o777), p, t).unwrap(),
-            Entry::Hardlink(p, t) => b.append_link(&mut head(tar::EntryType::Link, 0, 0o644), p, t).unwrap(),
+            Entry::Dir(p, mode) => b
+                .append_data(&mut head(tar::EntryType::Directory, 0, *mode), p, &[][..])
+                .unwrap(),
+            Entry::File(p, data, mode) => b
+                .append_data(
+                    &mut head(tar::EntryType::Regular, data.len() as u64, *mode),
+                    p,
+                    &data[..],
+                )
+                .unwrap(),
+            Entry::Symlink(p, t) => b
+                .append_link(&mut head(tar::EntryType::Symlink, 0, 0o777), p, t)
+                .unwrap(),
+            Entry::Hardlink(p, t) => b
+                .append_link(&mut head(tar::EntryType::Link, 0, 0o644), p, t)
+                .unwrap(),
             Entry::Whiteout(p) => {
                 let path = Path::new(p);
                 let name = format!(".wh.{}", path.file_name().unwrap().to_string_lossy());
-                let full = path.parent().map(|d| d.join(&name)).unwrap_or_else(|| name.into());
-                b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), full, &[][..]).unwrap()
+                let full = path
+                    .parent()
+                    .map(|d| d.join(&name))
+                    .unwrap_or_else(|| name.into());
+                b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), full, &[][..])
+                    .unwrap()
             }
             Entry::RawFile(name, data) => {
                 let mut h = head(tar::EntryType::Regular, data.len() as u64, 0o644);
@@ -221,9 +292,13 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
                 h.set_cksum();
                 b.append(&h, *data).unwrap()
             }
-            Entry::Opaque(dir) => {
-                b.append_data(&mut head(tar::EntryType::Regular, 0, 0o644), Path::new(dir).join(".wh..wh..opq"), &[][..]).unwrap()
-            }
+            Entry::Opaque(dir) => b
+                .append_data(
+                    &mut head(tar::EntryType::Regular, 0, 0o644),
+                    Path::new(dir).join(".wh..wh..opq"),
+                    &[][..],
+                )
+                .unwrap(),
         }
     }
     b.into_inner().unwrap()
@@ -238,12 +313,22 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// The busybox base layer: /bin/busybox plus the applets a shell needs as symlinks.
 pub fn busybox_layer() -> Vec<Entry> {
     let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static) is required");
-    let mut e = vec![Entry::Dir("bin", 0o755), Entry::File("bin/busybox".into(), bb, 0o755)];
+    let mut e = vec![
+        Entry::Dir("bin", 0o755),
+        Entry::File("bin/busybox".into(), bb, 0o755),
+    ];
     for applet in ["sh", "ls", "cat", "echo", "true", "sleep"] {
-        e.push(Entry::Symlink(Box::leak(format!("bin/{applet}").into_boxed_str()), "busybox"));
+        e.push(Entry::Symlink(
+            Box::leak(format!("bin/{applet}").into_boxed_str()),
+            "busybox",
+        ));
     }
     e.push(Entry::Dir("etc", 0o755));
-    e.push(Entry::File("etc/hostname".into(), b"berth\n".to_vec(), 0o644));
+    e.push(Entry::File(
+        "etc/hostname".into(),
+        b"berth\n".to_vec(),
+        0o644,
+    ));
     e
 }
 
@@ -293,9 +378,21 @@ impl OciImage {
             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
                            "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
         });
-        std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        OciImage { dir, manifest_digest: md, diff_ids }
+        std::fs::write(
+            dir.path().join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        OciImage {
+            dir,
+            manifest_digest: md,
+            diff_ids,
+        }
     }
 
     /// Pushes the image to `registry` as `repo:latest` with skopeo.
@@ -308,7 +405,11 @@ impl OciImage {
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "skopeo push failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "skopeo push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         reference
     }
 }

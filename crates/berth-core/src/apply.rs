@@ -78,7 +78,10 @@ pub fn clean_path(name: &[u8]) -> Result<Vec<OsString>> {
         match part {
             b"" | b"." => {}
             b".." => {
-                return Err(bad(&String::from_utf8_lossy(name), "path contains \"..\" and would escape the snapshot"))
+                return Err(bad(
+                    &String::from_utf8_lossy(name),
+                    "path contains \"..\" and would escape the snapshot",
+                ))
             }
             p => out.push(OsString::from_vec(p.to_vec())),
         }
@@ -166,7 +169,12 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> io::Result<()> {
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let sub = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     clear_dir(&sub, &HashSet::new(), Path::new(""))?;
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
@@ -198,22 +206,43 @@ struct DirTimes {
 }
 
 fn timestamps(mtime: u64) -> Timestamps {
-    let t = Timespec { tv_sec: mtime as i64, tv_nsec: 0 };
-    Timestamps { last_access: t, last_modification: t }
+    let t = Timespec {
+        tv_sec: mtime as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 /// Applies the (possibly compressed) layer in `layer` onto the directory `root`.
 pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: ApplyOptions) -> Result<Applied> {
-    let rootfd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("open", root)(e.into()))?;
-    let mut hashing = Hashing { inner: decompress(layer)?, hasher: Hasher::new(), count: 0 };
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", root)(e.into()))?;
+    let mut hashing = Hashing {
+        inner: decompress(layer)?,
+        hasher: Hasher::new(),
+        count: 0,
+    };
     let mut dir_times = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        let mut applier = Applier { root: &rootfd, opts, created: HashSet::new() };
-        let entries = archive.entries().map_err(|e| Error::InvalidArgument(format!("layer is not a tar stream: {e}")))?;
+        let mut applier = Applier {
+            root: &rootfd,
+            opts,
+            created: HashSet::new(),
+        };
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::InvalidArgument(format!("layer is not a tar stream: {e}")))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| Error::InvalidArgument(format!("corrupt layer tar stream: {e}")))?;
+            let mut entry = entry
+                .map_err(|e| Error::InvalidArgument(format!("corrupt layer tar stream: {e}")))?;
             if let Some(t) = applier.entry(&mut entry)? {
                 dir_times.push(t);
             }
@@ -226,8 +255,12 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: ApplyOptions) -> 
         }
     }
     // The diff id covers the whole stream, including padding after the end-of-archive marker.
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::InvalidArgument(format!("corrupt layer stream: {e}")))?;
-    Ok(Applied { digest: hashing.hasher.finish(), size: hashing.count })
+    io::copy(&mut hashing, &mut io::sink())
+        .map_err(|e| Error::InvalidArgument(format!("corrupt layer stream: {e}")))?;
+    Ok(Applied {
+        digest: hashing.hasher.finish(),
+        size: hashing.count,
+    })
 }
 
 struct Applier<'a> {
@@ -245,11 +278,20 @@ struct Pax {
 }
 
 fn pax_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Pax {
-    let mut p = Pax { uid: None, gid: None, mtime: None, xattrs: Vec::new() };
+    let mut p = Pax {
+        uid: None,
+        gid: None,
+        mtime: None,
+        xattrs: Vec::new(),
+    };
     if let Ok(Some(exts)) = entry.pax_extensions() {
         for ext in exts.flatten() {
             let Ok(k) = ext.key() else { continue };
-            let num = || ext.value().ok().and_then(|v| v.split('.').next().and_then(|s| s.parse().ok()));
+            let num = || {
+                ext.value()
+                    .ok()
+                    .and_then(|v| v.split('.').next().and_then(|s| s.parse().ok()))
+            };
             match k {
                 "uid" => p.uid = num(),
                 "gid" => p.gid = num(),
@@ -275,11 +317,18 @@ impl Applier<'_> {
         };
         let io_err = |op: &'static str| {
             let shown = shown.clone();
-            move |e: io::Error| Error::Io { op, path: PathBuf::from(shown), source: e }
+            move |e: io::Error| Error::Io {
+                op,
+                path: PathBuf::from(shown),
+                source: e,
+            }
         };
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE.as_bytes() {
-            return self.opaque(parent).map(|_| None).map_err(io_err("apply opaque marker"));
+            return self
+                .opaque(parent)
+                .map(|_| None)
+                .map_err(io_err("apply opaque marker"));
         }
         if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
@@ -288,7 +337,10 @@ impl Applier<'_> {
             if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
                 return Err(bad(&shown, "whiteout names no file in its directory"));
             }
-            return self.whiteout(parent, OsStr::from_bytes(target), entry).map(|_| None).map_err(io_err("apply whiteout"));
+            return self
+                .whiteout(parent, OsStr::from_bytes(target), entry)
+                .map(|_| None)
+                .map_err(io_err("apply whiteout"));
         }
 
         let header = entry.header().clone();
@@ -296,11 +348,15 @@ impl Applier<'_> {
         let pax = pax_of(entry);
         let uid = pax.uid.or_else(|| header.uid().ok()).unwrap_or(0);
         let gid = pax.gid.or_else(|| header.gid().ok()).unwrap_or(0);
-        let mode = header.mode().map_err(|e| bad(&shown, &format!("bad mode: {e}")))? & 0o7777;
+        let mode = header
+            .mode()
+            .map_err(|e| bad(&shown, &format!("bad mode: {e}")))?
+            & 0o7777;
         let mtime = pax.mtime.or_else(|| header.mtime().ok()).unwrap_or(0);
         let dir = open_parent(self.root, parent).map_err(io_err("open parent of"))?;
         let existing = rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).ok();
-        let existing_is_dir = existing.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+        let existing_is_dir =
+            existing.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
         if existing.is_some() && !(kind.is_dir() && existing_is_dir) {
             remove_all_at(&dir, name).map_err(io_err("replace"))?;
         }
@@ -308,49 +364,88 @@ impl Applier<'_> {
         match kind {
             tar::EntryType::Directory => {
                 if !existing_is_dir {
-                    rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o700)).map_err(|e| io_err("mkdir")(e.into()))?;
+                    rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o700))
+                        .map_err(|e| io_err("mkdir")(e.into()))?;
                 }
-                let fd = rustix::fs::openat(&dir, name.as_os_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|e| io_err("open")(e.into()))?;
-                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs).map_err(io_err("set attributes of"))?;
-                dir_times = Some(DirTimes { path: path.clone(), times: timestamps(mtime) });
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name.as_os_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open")(e.into()))?;
+                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs)
+                    .map_err(io_err("set attributes of"))?;
+                dir_times = Some(DirTimes {
+                    path: path.clone(),
+                    times: timestamps(mtime),
+                });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let fd = rustix::fs::openat(
                     &dir,
                     name.as_os_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| io_err("create")(e.into()))?;
                 let mut f = File::from(fd);
                 io::copy(entry, &mut f).map_err(io_err("write"))?;
                 let fd = OwnedFd::from(f);
-                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs).map_err(io_err("set attributes of"))?;
-                rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(|e| io_err("set times of")(e.into()))?;
-            }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| bad(&shown, "symlink without target"))?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str()).map_err(|e| io_err("symlink")(e.into()))?;
-                rustix::fs::chownat(&dir, name.as_os_str(), Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| io_err("chown")(e.into()))?;
-                rustix::fs::utimensat(&dir, name.as_os_str(), &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs)
+                    .map_err(io_err("set attributes of"))?;
+                rustix::fs::futimens(&fd, &timestamps(mtime))
                     .map_err(|e| io_err("set times of")(e.into()))?;
             }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&shown, "symlink without target"))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str())
+                    .map_err(|e| io_err("symlink")(e.into()))?;
+                rustix::fs::chownat(
+                    &dir,
+                    name.as_os_str(),
+                    Some(uid_of(uid)),
+                    Some(gid_of(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err("chown")(e.into()))?;
+                rustix::fs::utimensat(
+                    &dir,
+                    name.as_os_str(),
+                    &timestamps(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err("set times of")(e.into()))?;
+            }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| bad(&shown, "hardlink without target"))?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&shown, "hardlink without target"))?;
                 let tpath = clean_path(&target)?;
                 let Some((tname, tparent)) = tpath.split_last() else {
                     return Err(bad(&shown, "hardlink to the snapshot root"));
                 };
-                let tdir = open_dir(self.root, tparent).map_err(io_err("open hardlink target of"))?;
+                let tdir =
+                    open_dir(self.root, tparent).map_err(io_err("open hardlink target of"))?;
                 let st = rustix::fs::statat(&tdir, tname.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err("find hardlink target of")(e.into()))?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     return Err(bad(&shown, "hardlink to a directory"));
                 }
-                rustix::fs::linkat(&tdir, tname.as_os_str(), &dir, name.as_os_str(), AtFlags::empty())
-                    .map_err(|e| io_err("hardlink")(e.into()))?;
+                rustix::fs::linkat(
+                    &tdir,
+                    tname.as_os_str(),
+                    &dir,
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io_err("hardlink")(e.into()))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (ft, dev) = match kind {
@@ -358,28 +453,64 @@ impl Applier<'_> {
                     k => {
                         let major = header.device_major().ok().flatten().unwrap_or(0);
                         let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                        let ft = if k == tar::EntryType::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
+                        let ft = if k == tar::EntryType::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
                         (ft, rustix::fs::makedev(major, minor))
                     }
                 };
-                rustix::fs::mknodat(&dir, name.as_os_str(), ft, Mode::from_raw_mode(0o600), dev).map_err(|e| io_err("mknod")(e.into()))?;
-                rustix::fs::chownat(&dir, name.as_os_str(), Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| io_err("chown")(e.into()))?;
+                rustix::fs::mknodat(&dir, name.as_os_str(), ft, Mode::from_raw_mode(0o600), dev)
+                    .map_err(|e| io_err("mknod")(e.into()))?;
+                rustix::fs::chownat(
+                    &dir,
+                    name.as_os_str(),
+                    Some(uid_of(uid)),
+                    Some(gid_of(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err("chown")(e.into()))?;
                 // Just created by us as a device node, so chmod cannot follow a symlink here.
-                rustix::fs::chmodat(&dir, name.as_os_str(), Mode::from_raw_mode(mode), AtFlags::empty())
-                    .map_err(|e| io_err("chmod")(e.into()))?;
-                rustix::fs::utimensat(&dir, name.as_os_str(), &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| io_err("set times of")(e.into()))?;
+                rustix::fs::chmodat(
+                    &dir,
+                    name.as_os_str(),
+                    Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io_err("chmod")(e.into()))?;
+                rustix::fs::utimensat(
+                    &dir,
+                    name.as_os_str(),
+                    &timestamps(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err("set times of")(e.into()))?;
             }
             // Global and per-file extension headers are consumed by the tar reader.
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
-            other => return Err(bad(&shown, &format!("unsupported tar entry type {other:?}"))),
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => {
+                return Err(bad(
+                    &shown,
+                    &format!("unsupported tar entry type {other:?}"),
+                ))
+            }
         }
         self.created.insert(join(&path));
         Ok(dir_times)
     }
 
-    fn finish_fd(&self, fd: &OwnedFd, uid: u64, gid: u64, mode: u32, xattrs: &[(String, Vec<u8>)]) -> io::Result<()> {
+    fn finish_fd(
+        &self,
+        fd: &OwnedFd,
+        uid: u64,
+        gid: u64,
+        mode: u32,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> io::Result<()> {
         // Owner before mode: chown clears set-id bits.
         rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
@@ -402,20 +533,44 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn whiteout<R: Read>(&mut self, parent: &[OsString], target: &OsStr, entry: &tar::Entry<'_, R>) -> io::Result<()> {
+    fn whiteout<R: Read>(
+        &mut self,
+        parent: &[OsString],
+        target: &OsStr,
+        entry: &tar::Entry<'_, R>,
+    ) -> io::Result<()> {
         let dir = match open_dir(self.root, parent) {
             Ok(d) => d,
             // Nothing below a missing directory to hide, unless overlay lower layers have it.
-            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) && !self.opts.overlay_whiteouts => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => open_parent(self.root, parent)?,
+            Err(e)
+                if e.raw_os_error() == Some(Errno::NOENT.raw_os_error())
+                    && !self.opts.overlay_whiteouts =>
+            {
+                return Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                open_parent(self.root, parent)?
+            }
             Err(e) => return Err(e),
         };
         remove_all_at(&dir, target)?;
         if self.opts.overlay_whiteouts {
-            rustix::fs::mknodat(&dir, target, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))?;
+            rustix::fs::mknodat(
+                &dir,
+                target,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )?;
             let uid = entry.header().uid().unwrap_or(0);
             let gid = entry.header().gid().unwrap_or(0);
-            rustix::fs::chownat(&dir, target, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::chownat(
+                &dir,
+                target,
+                Some(uid_of(uid)),
+                Some(gid_of(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         Ok(())
     }
@@ -442,7 +597,14 @@ mod tests {
         fn new() -> Self {
             Layer(tar::Builder::new(Vec::new()))
         }
-        fn entry(mut self, name: &str, kind: tar::EntryType, link: &str, data: &[u8], mode: u32) -> Self {
+        fn entry(
+            mut self,
+            name: &str,
+            kind: tar::EntryType,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+        ) -> Self {
             let mut h = tar::Header::new_gnu();
             h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
             if !link.is_empty() {
@@ -490,15 +652,29 @@ mod tests {
     }
 
     fn outside_untouched(outside: &Path) {
-        let names: Vec<_> = std::fs::read_dir(outside).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![OsString::from("secret")], "something was written outside the snapshot");
-        assert_eq!(std::fs::read_to_string(outside.join("secret")).unwrap(), "keep");
+        let names: Vec<_> = std::fs::read_dir(outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![OsString::from("secret")],
+            "something was written outside the snapshot"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "keep"
+        );
     }
 
     #[test]
     fn dotdot_entries_are_refused() {
         let (_t, root, outside) = sandbox();
-        for name in ["../outside/pwned", "a/../../outside/pwned", "/../outside/pwned"] {
+        for name in [
+            "../outside/pwned",
+            "a/../../outside/pwned",
+            "/../outside/pwned",
+        ] {
             let err = apply(&root, Layer::new().file(name, "x").bytes()).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{name}: {err}");
             assert!(err.to_string().contains("escape"), "{err}");
@@ -510,7 +686,10 @@ mod tests {
     fn absolute_paths_stay_inside() {
         let (_t, root, outside) = sandbox();
         apply(&root, Layer::new().file("/etc/passwd", "root").bytes()).unwrap();
-        assert_eq!(std::fs::read_to_string(root.join("etc/passwd")).unwrap(), "root");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/passwd")).unwrap(),
+            "root"
+        );
         outside_untouched(&outside);
     }
 
@@ -527,17 +706,27 @@ mod tests {
         apply(&root, layer).unwrap();
         outside_untouched(&outside);
         // Both landed inside the snapshot, where the links point when it is the root.
-        assert_eq!(std::fs::read_to_string(root.join(out.trim_start_matches('/')).join("pwned")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(root.join(out.trim_start_matches('/')).join("pwned")).unwrap(),
+            "x"
+        );
         assert_eq!(std::fs::read_to_string(root.join("pwned2")).unwrap(), "y");
     }
 
     #[test]
     fn hardlinks_cannot_reach_out() {
         let (_t, root, outside) = sandbox();
-        let err = apply(&root, Layer::new().hardlink("h", "../outside/secret").bytes()).unwrap_err();
+        let err = apply(
+            &root,
+            Layer::new().hardlink("h", "../outside/secret").bytes(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
         let out = outside.to_str().unwrap().to_owned();
-        let layer = Layer::new().symlink("l", &out).hardlink("h2", "l/secret").bytes();
+        let layer = Layer::new()
+            .symlink("l", &out)
+            .hardlink("h2", "l/secret")
+            .bytes();
         let err = apply(&root, layer).unwrap_err();
         assert!(err.to_string().contains("hardlink target"), "{err}");
         // A write through the link must not change the outside file either.
@@ -549,10 +738,20 @@ mod tests {
     fn hostile_whiteouts_are_refused() {
         let (_t, root, outside) = sandbox();
         for name in [".wh..", "a/.wh..."] {
-            assert!(apply(&root, Layer::new().dir("a").file(name, "").bytes()).is_err(), "{name}");
+            assert!(
+                apply(&root, Layer::new().dir("a").file(name, "").bytes()).is_err(),
+                "{name}"
+            );
         }
         let out = outside.to_str().unwrap().to_owned();
-        apply(&root, Layer::new().symlink("l", &out).file("l/.wh.secret", "").bytes()).unwrap();
+        apply(
+            &root,
+            Layer::new()
+                .symlink("l", &out)
+                .file("l/.wh.secret", "")
+                .bytes(),
+        )
+        .unwrap();
         outside_untouched(&outside);
     }
 
@@ -586,14 +785,23 @@ mod tests {
         assert!(root.join("etc/keep").exists());
         assert!(!root.join("etc/gone").exists());
         assert!(!root.join("var").exists());
-        assert!(root.join("opq/new").exists(), "opaque removed a file of its own layer");
+        assert!(
+            root.join("opq/new").exists(),
+            "opaque removed a file of its own layer"
+        );
         assert!(!root.join("opq/lower").exists());
         let a = std::fs::metadata(root.join("data")).unwrap();
         let b = std::fs::metadata(root.join("data-link")).unwrap();
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
-        assert_eq!(std::fs::read_link(root.join("link")).unwrap(), PathBuf::from("/etc/keep"));
+        assert_eq!(
+            std::fs::read_link(root.join("link")).unwrap(),
+            PathBuf::from("/etc/keep")
+        );
         assert_eq!(a.permissions().mode() & 0o7777, 0o644);
-        assert_eq!(std::fs::metadata(root.join("opq")).unwrap().mtime(), 1_000_000);
+        assert_eq!(
+            std::fs::metadata(root.join("opq")).unwrap().mtime(),
+            1_000_000
+        );
     }
 
     #[test]

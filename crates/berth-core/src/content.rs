@@ -86,7 +86,10 @@ impl BlobStore {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(Error::io("create", &p))?;
         }
-        Ok(BlobStore { root: root.to_owned(), locked: Default::default() })
+        Ok(BlobStore {
+            root: root.to_owned(),
+            locked: Default::default(),
+        })
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -125,22 +128,32 @@ impl BlobStore {
 
     /// Whether no writer holds the ingest in `dir` right now.
     pub fn ingest_is_unlocked(&self, dir: &Path) -> bool {
-        !self.locked.lock().unwrap_or_else(|p| p.into_inner()).contains(&*dir.to_string_lossy())
+        !self
+            .locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&*dir.to_string_lossy())
     }
 
     fn lock(&self, dir: &Path, r: &str) -> Result<IngestLock> {
         let k = dir.to_string_lossy().into_owned();
         let mut locked = self.locked.lock().unwrap_or_else(|p| p.into_inner());
         if !locked.insert(k.clone()) {
-            return Err(Error::Unavailable(format!("ref {r:?} is locked: another writer is using it")));
+            return Err(Error::Unavailable(format!(
+                "ref {r:?} is locked: another writer is using it"
+            )));
         }
-        Ok(IngestLock { set: self.locked.clone(), key: k })
+        Ok(IngestLock {
+            set: self.locked.clone(),
+            key: k,
+        })
     }
 
     fn read_ingest(&self, dir: &Path) -> Result<(IngestMeta, IngestStatus)> {
         let mp = dir.join("meta.json");
-        let meta: IngestMeta = serde_json::from_slice(&fs::read(&mp).map_err(Error::io("read", &mp))?)
-            .map_err(|e| Error::Database(format!("corrupt ingest {}: {e}", mp.display())))?;
+        let meta: IngestMeta =
+            serde_json::from_slice(&fs::read(&mp).map_err(Error::io("read", &mp))?)
+                .map_err(|e| Error::Database(format!("corrupt ingest {}: {e}", mp.display())))?;
         let dp = dir.join("data");
         let md = fs::metadata(&dp).map_err(Error::io("stat", &dp))?;
         let updated = md
@@ -163,13 +176,22 @@ impl BlobStore {
     /// All readable ingests with the namespace they belong to. Listing never removes
     /// anything: an ingest may be between its rename and its removal in a commit.
     pub fn ingests(&self) -> Result<Vec<(String, IngestStatus, PathBuf)>> {
-        Ok(self.ingest_dirs()?.into_iter().filter_map(|(dir, r)| r.ok().map(|(m, s)| (m.namespace, s, dir))).collect())
+        Ok(self
+            .ingest_dirs()?
+            .into_iter()
+            .filter_map(|(dir, r)| r.ok().map(|(m, s)| (m.namespace, s, dir)))
+            .collect())
     }
 
     /// Ingest directories that cannot be read (cut short while being created); only the
     /// collector, which excludes commits, may remove them.
     pub fn broken_ingests(&self) -> Result<Vec<PathBuf>> {
-        Ok(self.ingest_dirs()?.into_iter().filter(|(_, r)| r.is_err()).map(|(d, _)| d).collect())
+        Ok(self
+            .ingest_dirs()?
+            .into_iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(d, _)| d)
+            .collect())
     }
 
     #[allow(clippy::type_complexity)]
@@ -192,7 +214,10 @@ struct IngestLock {
 
 impl Drop for IngestLock {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -214,7 +239,11 @@ impl Writer {
             r#ref: self.meta.r#ref.clone(),
             offset: self.offset as i64,
             total: self.meta.total,
-            expected: self.meta.expected.as_deref().and_then(|e| Digest::parse(e).ok()),
+            expected: self
+                .meta
+                .expected
+                .as_deref()
+                .and_then(|e| Digest::parse(e).ok()),
             started_at: self.meta.started_at,
             updated_at: Timestamp::now(),
         }
@@ -234,7 +263,10 @@ impl Writer {
     }
 
     pub fn expected(&self) -> Option<Digest> {
-        self.meta.expected.as_deref().and_then(|e| Digest::parse(e).ok())
+        self.meta
+            .expected
+            .as_deref()
+            .and_then(|e| Digest::parse(e).ok())
     }
 
     /// Updates total and expected digest as later messages of a write stream may.
@@ -275,7 +307,9 @@ impl Writer {
         if data.is_empty() {
             return Ok(());
         }
-        self.file.write_all(data).map_err(Error::io("write", self.dir.join("data")))?;
+        self.file
+            .write_all(data)
+            .map_err(Error::io("write", self.dir.join("data")))?;
         self.hasher.update(data);
         self.offset += data.len() as u64;
         Ok(())
@@ -283,8 +317,12 @@ impl Writer {
 
     fn rewind(&mut self, offset: u64) -> Result<()> {
         let p = self.dir.join("data");
-        self.file.set_len(offset).map_err(Error::io("truncate", &p))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(Error::io("seek", &p))?;
+        self.file
+            .set_len(offset)
+            .map_err(Error::io("truncate", &p))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(Error::io("seek", &p))?;
         self.hasher = hash_prefix(&mut self.file, offset).map_err(Error::io("read", &p))?;
         self.offset = offset;
         Ok(())
@@ -316,7 +354,9 @@ fn write_meta(dir: &Path, meta: &IngestMeta) -> Result<()> {
 }
 
 fn fsync_dir(p: &Path) -> Result<()> {
-    File::open(p).and_then(|f| f.sync_all()).map_err(Error::io("fsync", p))
+    File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("fsync", p))
 }
 
 /// The namespaced content store: blobs on disk, visibility and labels in metadata.
@@ -330,7 +370,11 @@ pub struct ContentStore {
 
 impl ContentStore {
     pub fn new(blobs: BlobStore, meta: Arc<MetaStore>, gc_lock: Arc<RwLock<()>>) -> Self {
-        ContentStore { blobs, meta, gc_lock }
+        ContentStore {
+            blobs,
+            meta,
+            gc_lock,
+        }
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -349,13 +393,23 @@ impl ContentStore {
         Ok(to_info(d.clone(), rec))
     }
 
-    pub fn update(&self, ns: &Namespace, d: &Digest, new_labels: &Labels, fieldpaths: &[String]) -> Result<ContentInfo> {
+    pub fn update(
+        &self,
+        ns: &Namespace,
+        d: &Digest,
+        new_labels: &Labels,
+        fieldpaths: &[String],
+    ) -> Result<ContentInfo> {
         self.meta.update(|tx| {
             let k = key(ns, &d.to_string());
-            let mut rec: ContentRecord = tx.get(Bucket::Content, &k)?.ok_or_else(|| Self::not_found(ns, d))?;
+            let mut rec: ContentRecord = tx
+                .get(Bucket::Content, &k)?
+                .ok_or_else(|| Self::not_found(ns, d))?;
             let rest = labels::apply_update(&mut rec.labels, new_labels, fieldpaths)?;
             if let Some(bad) = rest.first() {
-                return Err(Error::InvalidArgument(format!("cannot update field {bad:?} of content {d}")));
+                return Err(Error::InvalidArgument(format!(
+                    "cannot update field {bad:?} of content {d}"
+                )));
             }
             rec.updated_at = Timestamp::now();
             tx.put(Bucket::Content, &k, &rec)?;
@@ -365,10 +419,15 @@ impl ContentStore {
 
     pub fn list(&self, ns: &Namespace, filter: &Filter) -> Result<Vec<ContentInfo>> {
         let prefix = ns_prefix(ns);
-        let recs: Vec<(String, ContentRecord)> = self.meta.view(|tx| tx.scan(Bucket::Content, &prefix))?;
+        let recs: Vec<(String, ContentRecord)> =
+            self.meta.view(|tx| tx.scan(Bucket::Content, &prefix))?;
         Ok(recs
             .into_iter()
-            .filter_map(|(k, r)| Digest::parse(&k[prefix.len()..]).ok().map(|d| to_info(d, r)))
+            .filter_map(|(k, r)| {
+                Digest::parse(&k[prefix.len()..])
+                    .ok()
+                    .map(|d| to_info(d, r))
+            })
             .filter(|i| filter.matches(i))
             .collect())
     }
@@ -406,23 +465,37 @@ impl ContentStore {
         lease: Option<&str>,
     ) -> Result<Writer> {
         if r.is_empty() {
-            return Err(Error::InvalidArgument("content write needs a non-empty ref".into()));
+            return Err(Error::InvalidArgument(
+                "content write needs a non-empty ref".into(),
+            ));
         }
         if let Some(e) = expected {
-            if self.meta.view(|tx| tx.get_raw(Bucket::Content, &key(ns, &e.to_string())))?.is_some() {
-                return Err(Error::AlreadyExists(format!("content {e} in namespace {ns:?}")));
+            if self
+                .meta
+                .view(|tx| tx.get_raw(Bucket::Content, &key(ns, &e.to_string())))?
+                .is_some()
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "content {e} in namespace {ns:?}"
+                )));
             }
         }
         if let Some(l) = lease {
-            self.meta.update(|tx| leases::add_resource(tx, ns, l, "ingests", r))?;
+            self.meta
+                .update(|tx| leases::add_resource(tx, ns, l, "ingests", r))?;
         }
         let dir = self.blobs.ingest_dir(ns, r);
         let lock = self.blobs.lock(&dir, r)?;
         let dp = dir.join("data");
         let (meta, file, offset, hasher) = match self.blobs.read_ingest(&dir) {
             Ok((mut meta, status)) => {
-                let mut file = OpenOptions::new().read(true).write(true).open(&dp).map_err(Error::io("open", &dp))?;
-                let hasher = hash_prefix(&mut file, status.offset as u64).map_err(Error::io("read", &dp))?;
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dp)
+                    .map_err(Error::io("open", &dp))?;
+                let hasher =
+                    hash_prefix(&mut file, status.offset as u64).map_err(Error::io("read", &dp))?;
                 if total > 0 {
                     meta.total = total;
                 }
@@ -452,7 +525,15 @@ impl ContentStore {
                 (meta, file, 0, Hasher::new())
             }
         };
-        Ok(Writer { ns: ns.clone(), dir, file, hasher, meta, offset, _lock: lock })
+        Ok(Writer {
+            ns: ns.clone(),
+            dir,
+            file,
+            hasher,
+            meta,
+            offset,
+            _lock: lock,
+        })
     }
 
     /// Verifies and publishes the ingest. `size` 0 means "whatever was written". On a size
@@ -475,7 +556,10 @@ impl ContentStore {
             Err(Error::FailedPrecondition(msg))
         };
         if size > 0 && size as u64 != w.offset {
-            let msg = format!("commit of ref {r:?}: unexpected size {}, expected {size}", w.offset);
+            let msg = format!(
+                "commit of ref {r:?}: unexpected size {}, expected {size}",
+                w.offset
+            );
             return fail(&w, msg);
         }
         let actual = std::mem::take(&mut w.hasher).finish();
@@ -502,9 +586,16 @@ impl ContentStore {
             tx.ensure_namespace(&ns)?;
             let k = key(&ns, &actual.to_string());
             if tx.get_raw(Bucket::Content, &k)?.is_some() {
-                return Err(Error::AlreadyExists(format!("content {actual} in namespace {ns:?}")));
+                return Err(Error::AlreadyExists(format!(
+                    "content {actual} in namespace {ns:?}"
+                )));
             }
-            let rec = ContentRecord { size, labels: new_labels.clone(), created_at: now, updated_at: now };
+            let rec = ContentRecord {
+                size,
+                labels: new_labels.clone(),
+                created_at: now,
+                updated_at: now,
+            };
             tx.put(Bucket::Content, &k, &rec)?;
             if let Some(l) = lease {
                 leases::add_resource(tx, &ns, l, "content", &actual.to_string())?;
@@ -537,14 +628,22 @@ impl ContentStore {
         let dir = self.blobs.ingest_dir(ns, r);
         let _lock = self.blobs.lock(&dir, r)?;
         if !dir.exists() {
-            return Err(Error::NotFound(format!("ingest ref {r:?} in namespace {ns:?}")));
+            return Err(Error::NotFound(format!(
+                "ingest ref {r:?} in namespace {ns:?}"
+            )));
         }
         fs::remove_dir_all(&dir).map_err(Error::io("remove", &dir))
     }
 }
 
 fn to_info(digest: Digest, r: ContentRecord) -> ContentInfo {
-    ContentInfo { digest, size: r.size, labels: r.labels, created_at: r.created_at, updated_at: r.updated_at }
+    ContentInfo {
+        digest,
+        size: r.size,
+        labels: r.labels,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
 }
 
 #[cfg(test)]
@@ -564,8 +663,13 @@ mod tests {
         let ns = Namespace::new("default").unwrap();
         let data = b"hello world".to_vec();
         let dg = Digest::of(&data);
-        let mut w = cs.writer(&ns, "r1", data.len() as i64, Some(&dg), None).unwrap();
-        assert!(matches!(cs.writer(&ns, "r1", 0, None, None), Err(Error::Unavailable(_))));
+        let mut w = cs
+            .writer(&ns, "r1", data.len() as i64, Some(&dg), None)
+            .unwrap();
+        assert!(matches!(
+            cs.writer(&ns, "r1", 0, None, None),
+            Err(Error::Unavailable(_))
+        ));
         w.write_at(0, &data[..5]).unwrap();
         drop(w);
         let mut w = cs.writer(&ns, "r1", 0, None, None).unwrap();
@@ -577,8 +681,14 @@ mod tests {
         assert_eq!(cs.info(&ns, &dg).unwrap().size, 11);
         let other = Namespace::new("other").unwrap();
         assert!(cs.info(&other, &dg).unwrap_err().is_not_found());
-        assert!(matches!(cs.writer(&ns, "r2", 0, Some(&dg), None), Err(Error::AlreadyExists(_))));
-        assert!(cs.list_statuses(&ns, &Filter::default()).unwrap().is_empty());
+        assert!(matches!(
+            cs.writer(&ns, "r2", 0, Some(&dg), None),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(cs
+            .list_statuses(&ns, &Filter::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -588,10 +698,16 @@ mod tests {
         let wrong = Digest::of(b"something else");
         let mut w = cs.writer(&ns, "r", 0, Some(&wrong), None).unwrap();
         w.write(b"data").unwrap();
-        assert!(matches!(cs.commit(w, 0, None, &Labels::new(), None), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            cs.commit(w, 0, None, &Labels::new(), None),
+            Err(Error::FailedPrecondition(_))
+        ));
         let mut w = cs.writer(&ns, "r", 0, None, None).unwrap();
         w.write(b"data").unwrap();
-        assert!(matches!(cs.commit(w, 3, None, &Labels::new(), None), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            cs.commit(w, 3, None, &Labels::new(), None),
+            Err(Error::FailedPrecondition(_))
+        ));
         assert!(!cs.blobs().has_blob(&wrong));
         assert!(!cs.blobs().has_blob(&Digest::of(b"data")));
         assert!(cs.blobs().blob_digests().unwrap().is_empty());

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::apply::{apply_layer, ApplyOptions, Applied};
+use crate::apply::{apply_layer, Applied, ApplyOptions};
 use crate::content::ContentStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -38,21 +38,44 @@ enum Target {
 fn target_of(mounts: &[Mount]) -> Result<Target> {
     match mounts {
         [m] if m.kind == "overlay" && !m.is_readonly() => match m.option("upperdir") {
-            Some(upper) => Ok(Target::Dir(upper.into(), ApplyOptions { overlay_whiteouts: true })),
-            None => Err(Error::InvalidArgument("overlay mount without upperdir is read-only: cannot apply a layer to it".into())),
+            Some(upper) => Ok(Target::Dir(
+                upper.into(),
+                ApplyOptions {
+                    overlay_whiteouts: true,
+                },
+            )),
+            None => Err(Error::InvalidArgument(
+                "overlay mount without upperdir is read-only: cannot apply a layer to it".into(),
+            )),
         },
-        [m] if m.kind == "bind" && !m.is_readonly() => Ok(Target::Dir(m.source.clone().into(), ApplyOptions::default())),
-        [] => Err(Error::InvalidArgument("apply needs at least one mount".into())),
-        ms if ms.iter().any(Mount::is_readonly) => Err(Error::InvalidArgument("cannot apply a layer to read-only mounts".into())),
+        [m] if m.kind == "bind" && !m.is_readonly() => Ok(Target::Dir(
+            m.source.clone().into(),
+            ApplyOptions::default(),
+        )),
+        [] => Err(Error::InvalidArgument(
+            "apply needs at least one mount".into(),
+        )),
+        ms if ms.iter().any(Mount::is_readonly) => Err(Error::InvalidArgument(
+            "cannot apply a layer to read-only mounts".into(),
+        )),
         ms => Ok(Target::Mounted(ms.to_vec())),
     }
 }
 
 /// Applies the layer blob `digest` (visible in `ns`) onto `mounts`; `scratch` is where a
 /// temporary mount point may be made.
-pub fn apply(content: &ContentStore, ns: &Namespace, digest: &Digest, media_type: &str, mounts: &[Mount], scratch: &Path) -> Result<Applied> {
+pub fn apply(
+    content: &ContentStore,
+    ns: &Namespace,
+    digest: &Digest,
+    media_type: &str,
+    mounts: &[Mount],
+    scratch: &Path,
+) -> Result<Applied> {
     if !supported_layer(media_type) {
-        return Err(Error::Unsupported(format!("unsupported diff media type {media_type:?} for layer {digest}")));
+        return Err(Error::Unsupported(format!(
+            "unsupported diff media type {media_type:?} for layer {digest}"
+        )));
     }
     let (file, _) = content.open(ns, digest)?;
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
@@ -68,4 +91,3 @@ pub fn apply(content: &ContentStore, ns: &Namespace, digest: &Digest, media_type
         other => other,
     })
 }
-

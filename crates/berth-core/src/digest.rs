@@ -23,14 +23,24 @@ impl Digest {
                 "unsupported digest algorithm {algo:?} in {s:?}"
             )));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(Error::InvalidArgument(format!("invalid digest {s:?}: bad sha256 hex")));
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "invalid digest {s:?}: bad sha256 hex"
+            )));
         }
-        Ok(Digest { hex: hex.to_owned() })
+        Ok(Digest {
+            hex: hex.to_owned(),
+        })
     }
 
     pub fn of(data: &[u8]) -> Self {
-        Digest { hex: hex::encode(Sha256::digest(data)) }
+        Digest {
+            hex: hex::encode(Sha256::digest(data)),
+        }
     }
 
     pub fn hex(&self) -> &str {
@@ -73,7 +83,9 @@ impl Hasher {
         self.0.update(data);
     }
     pub fn finish(self) -> Digest {
-        Digest { hex: hex::encode(self.0.finalize()) }
+        Digest {
+            hex: hex::encode(self.0.finalize()),
+        }
     }
 }
 
@@ -89,7 +101,13 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
-        for bad in ["", "sha256", "sha256:abc", "md5:00", &d.to_string().to_uppercase()] {
+        for bad in [
+            "",
+            "sha256",
+            "sha256:abc",
+            "md5:00",
+            &d.to_string().to_uppercase(),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad} accepted");
         }
         let mut h = Hasher::new();

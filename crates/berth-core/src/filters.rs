@@ -93,7 +93,9 @@ impl<'a> Scanner<'a> {
             match c {
                 c if c == quote => return Ok(out),
                 '\\' => {
-                    let e = self.peek().ok_or_else(|| invalid(self.input, "dangling escape"))?;
+                    let e = self
+                        .peek()
+                        .ok_or_else(|| invalid(self.input, "dangling escape"))?;
                     self.pos += 1;
                     out.push(match e {
                         'n' => '\n',
@@ -117,7 +119,10 @@ impl<'a> Scanner<'a> {
                 }
                 Ok(self.chars[start..self.pos].iter().collect())
             }
-            _ => Err(invalid(self.input, &format!("expected a field name at offset {}", self.pos))),
+            _ => Err(invalid(
+                self.input,
+                &format!("expected a field name at offset {}", self.pos),
+            )),
         }
     }
     fn value(&mut self) -> Result<String> {
@@ -145,7 +150,11 @@ fn is_field_char(c: char) -> bool {
 }
 
 fn parse_terms(input: &str) -> Result<Vec<Term>> {
-    let mut s = Scanner { input, chars: input.chars().collect(), pos: 0 };
+    let mut s = Scanner {
+        input,
+        chars: input.chars().collect(),
+        pos: 0,
+    };
     let mut terms = Vec::new();
     loop {
         let mut path = vec![s.field()?];
@@ -168,7 +177,12 @@ fn parse_terms(input: &str) -> Result<Vec<Term>> {
         match s.peek() {
             None => return Ok(terms),
             Some(',') => s.pos += 1,
-            Some(c) => return Err(invalid(input, &format!("unexpected {c:?} at offset {}", s.pos))),
+            Some(c) => {
+                return Err(invalid(
+                    input,
+                    &format!("unexpected {c:?} at offset {}", s.pos),
+                ))
+            }
         }
     }
 }
@@ -187,7 +201,10 @@ pub struct SimpleRegex {
 enum Atom {
     Any,
     Char(char),
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -217,7 +234,8 @@ impl SimpleRegex {
         if anchored_start {
             chars.remove(0);
         }
-        let anchored_end = chars.last() == Some(&'$') && !(chars.len() >= 2 && chars[chars.len() - 2] == '\\');
+        let anchored_end =
+            chars.last() == Some(&'$') && !(chars.len() >= 2 && chars[chars.len() - 2] == '\\');
         if anchored_end {
             chars.pop();
         }
@@ -228,9 +246,14 @@ impl SimpleRegex {
                 '.' => Atom::Any,
                 '\\' => {
                     i += 1;
-                    let c = *chars.get(i).ok_or("trailing backslash in regular expression")?;
+                    let c = *chars
+                        .get(i)
+                        .ok_or("trailing backslash in regular expression")?;
                     match c {
-                        'd' => Atom::Class { negated: false, ranges: vec![('0', '9')] },
+                        'd' => Atom::Class {
+                            negated: false,
+                            ranges: vec![('0', '9')],
+                        },
                         'w' => Atom::Class {
                             negated: false,
                             ranges: vec![('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')],
@@ -250,7 +273,9 @@ impl SimpleRegex {
                         if c == ']' && !ranges.is_empty() {
                             break;
                         }
-                        if chars.get(i + 1) == Some(&'-') && chars.get(i + 2).is_some_and(|c| *c != ']') {
+                        if chars.get(i + 1) == Some(&'-')
+                            && chars.get(i + 2).is_some_and(|c| *c != ']')
+                        {
                             ranges.push((c, chars[i + 2]));
                             i += 3;
                         } else {
@@ -261,9 +286,14 @@ impl SimpleRegex {
                     Atom::Class { negated, ranges }
                 }
                 '(' | ')' | '|' | '{' | '}' => {
-                    return Err(format!("regular expression {pattern:?}: {:?} is not supported", chars[i]))
+                    return Err(format!(
+                        "regular expression {pattern:?}: {:?} is not supported",
+                        chars[i]
+                    ))
                 }
-                '*' | '+' | '?' => return Err(format!("regular expression {pattern:?}: nothing to repeat")),
+                '*' | '+' | '?' => {
+                    return Err(format!("regular expression {pattern:?}: nothing to repeat"))
+                }
                 c => Atom::Char(c),
             };
             i += 1;
@@ -278,13 +308,23 @@ impl SimpleRegex {
             }
             items.push((atom, rep));
         }
-        Ok(SimpleRegex { anchored_start, anchored_end, items })
+        Ok(SimpleRegex {
+            anchored_start,
+            anchored_end,
+            items,
+        })
     }
 
     pub fn is_match(&self, text: &str) -> bool {
         let text: Vec<char> = text.chars().collect();
-        let starts = if self.anchored_start { 0..=0 } else { 0..=text.len() };
-        starts.into_iter().any(|s| self.match_at(&self.items, &text[s..]))
+        let starts = if self.anchored_start {
+            0..=0
+        } else {
+            0..=text.len()
+        };
+        starts
+            .into_iter()
+            .any(|s| self.match_at(&self.items, &text[s..]))
     }
 
     fn match_at(&self, items: &[(Atom, Rep)], text: &[char]) -> bool {
@@ -327,7 +367,11 @@ mod tests {
     fn item() -> Item {
         Item {
             name: "docker.io/library/busybox:latest".into(),
-            labels: [("a.b".to_string(), "c".to_string()), ("x".into(), "1".into())].into(),
+            labels: [
+                ("a.b".to_string(), "c".to_string()),
+                ("x".into(), "1".into()),
+            ]
+            .into(),
         }
     }
 
@@ -350,7 +394,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["==x", "name==", "name==a,", "labels.\"x", "name~=(a|b)", "name=x", "na me==x"] {
+        for bad in [
+            "==x",
+            "name==",
+            "name==a,",
+            "labels.\"x",
+            "name~=(a|b)",
+            "name=x",
+            "na me==x",
+        ] {
             assert!(Filter::parse_all(&[bad]).is_err(), "{bad:?} accepted");
         }
     }

@@ -45,11 +45,22 @@ pub struct Collector {
 /// Parses an RFC 3339 UTC time such as `2026-11-24T10:00:00Z` (fractions and offsets too).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let mut rest = &s[19..];
     let mut nanos = 0i64;
     if let Some(frac) = rest.strip_prefix('.') {
@@ -67,7 +78,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         _ => return None,
     };
     // Days from the civil date (proleptic Gregorian), then seconds.
-    let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (yy, mm) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = yy.div_euclid(400);
     let yoe = yy - era * 400;
     let doy = (153 * mm + 2) / 5 + d - 1;
@@ -78,7 +93,10 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 
 fn label_refs(ns: &str, labels: &Labels, out: &mut Vec<Node>) {
     for (k, v) in labels {
-        if k == GC_REF_CONTENT || k.strip_prefix(GC_REF_CONTENT).is_some_and(|r| r.starts_with('.') || r.starts_with('/')) {
+        if k == GC_REF_CONTENT
+            || k.strip_prefix(GC_REF_CONTENT)
+                .is_some_and(|r| r.starts_with('.') || r.starts_with('/'))
+        {
             out.push(Node::Content(ns.to_owned(), v.clone()));
         } else if let Some(sn) = k.strip_prefix(GC_REF_SNAPSHOT) {
             let sn = sn.split('/').next().unwrap_or(sn);
@@ -102,7 +120,11 @@ impl Collector {
             for (ns, _) in &namespaces {
                 let p = format!("{ns}\0");
                 for (k, lease) in tx.scan::<LeaseRecord>(Bucket::Leases, &p)? {
-                    let expired = lease.labels.get(GC_EXPIRE).and_then(|e| parse_rfc3339(e)).is_some_and(|t| t < now);
+                    let expired = lease
+                        .labels
+                        .get(GC_EXPIRE)
+                        .and_then(|e| parse_rfc3339(e))
+                        .is_some_and(|t| t < now);
                     if expired {
                         tx.delete(Bucket::Leases, &k)?;
                         stats.leases_expired += 1;
@@ -129,9 +151,16 @@ impl Collector {
                 for (_, c) in tx.scan::<serde_json::Value>(Bucket::Containers, &p)? {
                     let s = |f: &str| c.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
                     if !s("snapshotter").is_empty() && !s("snapshot_key").is_empty() {
-                        roots.push(Node::Snapshot(ns.clone(), s("snapshotter"), s("snapshot_key")));
+                        roots.push(Node::Snapshot(
+                            ns.clone(),
+                            s("snapshotter"),
+                            s("snapshot_key"),
+                        ));
                     }
-                    if let Some(l) = c.get("labels").and_then(|l| serde_json::from_value::<Labels>(l.clone()).ok()) {
+                    if let Some(l) = c
+                        .get("labels")
+                        .and_then(|l| serde_json::from_value::<Labels>(l.clone()).ok())
+                    {
                         label_refs(ns, &l, &mut roots);
                     }
                 }
@@ -215,23 +244,26 @@ impl Collector {
             }
         }
         for dir in blobs.broken_ingests()? {
-            if self.content.blobs().ingest_is_unlocked(&dir) && std::fs::remove_dir_all(&dir).is_ok() {
+            if self.content.blobs().ingest_is_unlocked(&dir)
+                && std::fs::remove_dir_all(&dir).is_ok()
+            {
                 stats.ingests_removed += 1;
             }
         }
         let cutoff = now - UNLEASED_INGEST_EXPIRY.as_nanos() as i64;
         for (ns, status, dir) in blobs.ingests()? {
-            let stale = !leased_ingests.contains(&(ns, status.r#ref.clone())) && status.updated_at.0 < cutoff;
-            if stale && self.content.blobs().ingest_is_unlocked(&dir) {
-                if std::fs::remove_dir_all(&dir).is_ok() {
-                    stats.ingests_removed += 1;
-                }
+            let stale = !leased_ingests.contains(&(ns, status.r#ref.clone()))
+                && status.updated_at.0 < cutoff;
+            if stale
+                && self.content.blobs().ingest_is_unlocked(&dir)
+                && std::fs::remove_dir_all(&dir).is_ok()
+            {
+                stats.ingests_removed += 1;
             }
         }
         Ok(stats)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -240,7 +272,10 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2000-03-01T00:00:01.5Z"), Some(951868801_500_000_000));
+        assert_eq!(
+            parse_rfc3339("2000-03-01T00:00:01.5Z"),
+            Some(951_868_801_500_000_000)
+        );
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
@@ -255,7 +290,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn spawn(collector: Collector, every: Duration) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Option<std::sync::mpsc::Sender<Result<GcStats>>>>();
+        let (tx, rx) =
+            std::sync::mpsc::channel::<Option<std::sync::mpsc::Sender<Result<GcStats>>>>();
         std::thread::Builder::new()
             .name("berth-gc".into())
             .spawn(move || loop {
@@ -276,7 +312,12 @@ impl Scheduler {
                     Err(e) => tracing::warn!("garbage collection failed: {e}"),
                 }
                 for w in waiters {
-                    let _ = w.send(result.as_ref().map(Clone::clone).map_err(|e| crate::Error::Database(e.to_string())));
+                    let _ = w.send(
+                        result
+                            .as_ref()
+                            .map(Clone::clone)
+                            .map_err(|e| crate::Error::Database(e.to_string())),
+                    );
                 }
             })
             .expect("spawn gc thread");
@@ -293,6 +334,7 @@ impl Scheduler {
         self.tx
             .send(Some(tx))
             .map_err(|_| crate::Error::Unavailable("garbage collector is not running".into()))?;
-        rx.recv().map_err(|_| crate::Error::Unavailable("garbage collector stopped".into()))?
+        rx.recv()
+            .map_err(|_| crate::Error::Unavailable("garbage collector stopped".into()))?
     }
 }

@@ -26,10 +26,14 @@ impl Descriptor {
         let d = Digest::parse(&self.digest)
             .map_err(|e| Error::InvalidArgument(format!("{what}: target digest: {e}")))?;
         if self.size <= 0 {
-            return Err(Error::InvalidArgument(format!("{what}: target size must be greater than zero")));
+            return Err(Error::InvalidArgument(format!(
+                "{what}: target size must be greater than zero"
+            )));
         }
         if self.media_type.is_empty() {
-            return Err(Error::InvalidArgument(format!("{what}: target media type must be set")));
+            return Err(Error::InvalidArgument(format!(
+                "{what}: target media type must be set"
+            )));
         }
         Ok(d)
     }
@@ -50,7 +54,9 @@ impl Filterable for Image {
             [f] if f == "name" => Some(self.name.clone()),
             [t, f] if t == "target" && f == "digest" => Some(self.target.digest.clone()),
             [t, f] if t == "target" && f == "mediatype" => Some(self.target.media_type.clone()),
-            [a, rest @ ..] if a == "annotations" && !rest.is_empty() => self.target.annotations.get(&rest.join(".")).cloned(),
+            [a, rest @ ..] if a == "annotations" && !rest.is_empty() => {
+                self.target.annotations.get(&rest.join(".")).cloned()
+            }
             _ => labels::filter_field(&self.labels, path),
         }
     }
@@ -71,7 +77,9 @@ impl Images {
 
     fn validate(img: &Image) -> Result<()> {
         if img.name.is_empty() {
-            return Err(Error::InvalidArgument("image name must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "image name must not be empty".into(),
+            ));
         }
         labels::validate(&img.labels)?;
         img.target.validate(&format!("image {:?}", img.name))?;
@@ -79,12 +87,20 @@ impl Images {
     }
 
     pub fn get(&self, ns: &Namespace, name: &str) -> Result<Image> {
-        self.meta.view(|tx| tx.get(Bucket::Images, &key(ns, name)))?.ok_or_else(|| not_found(ns, name))
+        self.meta
+            .view(|tx| tx.get(Bucket::Images, &key(ns, name)))?
+            .ok_or_else(|| not_found(ns, name))
     }
 
     pub fn list(&self, ns: &Namespace, filter: &Filter) -> Result<Vec<Image>> {
-        let all: Vec<(String, Image)> = self.meta.view(|tx| tx.scan(Bucket::Images, &ns_prefix(ns)))?;
-        Ok(all.into_iter().map(|(_, i)| i).filter(|i| filter.matches(i)).collect())
+        let all: Vec<(String, Image)> = self
+            .meta
+            .view(|tx| tx.scan(Bucket::Images, &ns_prefix(ns)))?;
+        Ok(all
+            .into_iter()
+            .map(|(_, i)| i)
+            .filter(|i| filter.matches(i))
+            .collect())
     }
 
     pub fn create(&self, ns: &Namespace, mut img: Image) -> Result<Image> {
@@ -93,7 +109,10 @@ impl Images {
             tx.ensure_namespace(ns)?;
             let k = key(ns, &img.name);
             if tx.get_raw(Bucket::Images, &k)?.is_some() {
-                return Err(Error::AlreadyExists(format!("image {:?} in namespace {ns:?}", img.name)));
+                return Err(Error::AlreadyExists(format!(
+                    "image {:?} in namespace {ns:?}",
+                    img.name
+                )));
             }
             let now = Timestamp::now();
             img.created_at = now;
@@ -105,11 +124,15 @@ impl Images {
 
     pub fn update(&self, ns: &Namespace, new: Image, fieldpaths: &[String]) -> Result<Image> {
         if new.name.is_empty() {
-            return Err(Error::InvalidArgument("image name must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "image name must not be empty".into(),
+            ));
         }
         self.meta.update(|tx| {
             let k = key(ns, &new.name);
-            let mut cur: Image = tx.get(Bucket::Images, &k)?.ok_or_else(|| not_found(ns, &new.name))?;
+            let mut cur: Image = tx
+                .get(Bucket::Images, &k)?
+                .ok_or_else(|| not_found(ns, &new.name))?;
             if fieldpaths.is_empty() {
                 let created = cur.created_at;
                 cur = new.clone();
@@ -127,7 +150,10 @@ impl Images {
                             None => cur.target.annotations.remove(k),
                         };
                     } else {
-                        return Err(Error::InvalidArgument(format!("cannot update field {path:?} of image {:?}", new.name)));
+                        return Err(Error::InvalidArgument(format!(
+                            "cannot update field {path:?} of image {:?}",
+                            new.name
+                        )));
                     }
                 }
             }

@@ -39,7 +39,9 @@ pub fn validate_resource_type(kind: &str) -> Result<()> {
     match kind {
         "content" | "ingests" => Ok(()),
         k if k.strip_prefix("snapshots/").is_some_and(|s| !s.is_empty()) => Ok(()),
-        k => Err(Error::InvalidArgument(format!("unsupported lease resource type {k:?}"))),
+        k => Err(Error::InvalidArgument(format!(
+            "unsupported lease resource type {k:?}"
+        ))),
     }
 }
 
@@ -54,7 +56,13 @@ pub fn add_resource(tx: &WriteTx, ns: &Namespace, lease: &str, kind: &str, id: &
     tx.put(Bucket::Leases, &k, &rec)
 }
 
-pub fn remove_resource(tx: &WriteTx, ns: &Namespace, lease: &str, kind: &str, id: &str) -> Result<()> {
+pub fn remove_resource(
+    tx: &WriteTx,
+    ns: &Namespace,
+    lease: &str,
+    kind: &str,
+    id: &str,
+) -> Result<()> {
     let k = key(ns, lease);
     let mut rec: LeaseRecord = tx
         .get(Bucket::Leases, &k)?
@@ -72,16 +80,30 @@ pub struct Leases<'a> {
 impl Leases<'_> {
     pub fn create(&self, ns: &Namespace, id: &str, labels_in: Labels) -> Result<Lease> {
         labels::validate(&labels_in)?;
-        let id = if id.is_empty() { generate_id() } else { id.to_owned() };
+        let id = if id.is_empty() {
+            generate_id()
+        } else {
+            id.to_owned()
+        };
         self.meta.update(|tx| {
             tx.ensure_namespace(ns)?;
             let k = key(ns, &id);
             if tx.get_raw(Bucket::Leases, &k)?.is_some() {
-                return Err(Error::AlreadyExists(format!("lease {id:?} in namespace {ns:?}")));
+                return Err(Error::AlreadyExists(format!(
+                    "lease {id:?} in namespace {ns:?}"
+                )));
             }
-            let rec = LeaseRecord { labels: labels_in, created_at: Timestamp::now(), resources: BTreeSet::new() };
+            let rec = LeaseRecord {
+                labels: labels_in,
+                created_at: Timestamp::now(),
+                resources: BTreeSet::new(),
+            };
             tx.put(Bucket::Leases, &k, &rec)?;
-            Ok(Lease { id, labels: rec.labels, created_at: rec.created_at })
+            Ok(Lease {
+                id,
+                labels: rec.labels,
+                created_at: rec.created_at,
+            })
         })
     }
 
@@ -96,10 +118,15 @@ impl Leases<'_> {
 
     pub fn list(&self, ns: &Namespace, filter: &Filter) -> Result<Vec<Lease>> {
         let prefix = ns_prefix(ns);
-        let recs: Vec<(String, LeaseRecord)> = self.meta.view(|tx| tx.scan(Bucket::Leases, &prefix))?;
+        let recs: Vec<(String, LeaseRecord)> =
+            self.meta.view(|tx| tx.scan(Bucket::Leases, &prefix))?;
         Ok(recs
             .into_iter()
-            .map(|(k, r)| Lease { id: k[prefix.len()..].to_owned(), labels: r.labels, created_at: r.created_at })
+            .map(|(k, r)| Lease {
+                id: k[prefix.len()..].to_owned(),
+                labels: r.labels,
+                created_at: r.created_at,
+            })
             .filter(|l| filter.matches(l))
             .collect())
     }
@@ -109,7 +136,8 @@ impl Leases<'_> {
     }
 
     pub fn delete_resource(&self, ns: &Namespace, lease: &str, kind: &str, id: &str) -> Result<()> {
-        self.meta.update(|tx| remove_resource(tx, ns, lease, kind, id))
+        self.meta
+            .update(|tx| remove_resource(tx, ns, lease, kind, id))
     }
 
     pub fn resources(&self, ns: &Namespace, lease: &str) -> Result<Vec<(String, String)>> {

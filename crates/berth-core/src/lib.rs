@@ -1,11 +1,11 @@
 //! berth-core: the parts of a container runtime daemon that know nothing of gRPC —
 //! content store, metadata, snapshotters, mounts, the layer applier, leases and GC.
 
-pub mod digest;
-pub mod error;
 pub mod apply;
 pub mod content;
 pub mod diff;
+pub mod digest;
+pub mod error;
 pub mod filters;
 pub mod gc;
 pub mod images;

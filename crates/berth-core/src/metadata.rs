@@ -66,7 +66,9 @@ pub struct Timestamp(pub i64);
 
 impl Timestamp {
     pub fn now() -> Self {
-        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Timestamp(d.as_nanos() as i64)
     }
 }
@@ -77,7 +79,9 @@ pub trait Reader {
     fn scan_raw(&self, b: Bucket, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 
     fn get<T: DeserializeOwned>(&self, b: Bucket, key: &str) -> Result<Option<T>> {
-        self.get_raw(b, key)?.map(|v| decode(b, key, &v)).transpose()
+        self.get_raw(b, key)?
+            .map(|v| decode(b, key, &v))
+            .transpose()
     }
 
     fn scan<T: DeserializeOwned>(&self, b: Bucket, prefix: &str) -> Result<Vec<(String, T)>> {
@@ -144,7 +148,9 @@ impl WriteTx {
     pub fn put<T: Serialize>(&self, b: Bucket, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value)
             .map_err(|e| Error::Database(format!("encode {b:?} record {key:?}: {e}")))?;
-        self.0.open_table(b.table())?.insert(key, bytes.as_slice())?;
+        self.0
+            .open_table(b.table())?
+            .insert(key, bytes.as_slice())?;
         Ok(())
     }
 
@@ -158,7 +164,10 @@ impl WriteTx {
             self.put(
                 Bucket::Namespaces,
                 ns.as_str(),
-                &NamespaceRecord { labels: Labels::new(), created_at: Timestamp::now() },
+                &NamespaceRecord {
+                    labels: Labels::new(),
+                    created_at: Timestamp::now(),
+                },
             )?;
         }
         Ok(())
@@ -229,17 +238,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = MetaStore::open(&dir.path().join("m.redb")).unwrap();
         let ns = Namespace::new("default").unwrap();
-        m.update(|tx| tx.put(Bucket::Images, &key(&ns, "a"), &1u32)).unwrap();
+        m.update(|tx| tx.put(Bucket::Images, &key(&ns, "a"), &1u32))
+            .unwrap();
         let failed: Result<()> = m.update(|tx| {
             tx.put(Bucket::Images, &key(&ns, "b"), &2u32)?;
             Err(Error::InvalidArgument("boom".into()))
         });
         assert!(failed.is_err());
-        let all: Vec<(String, u32)> = m.view(|tx| tx.scan(Bucket::Images, &ns_prefix(&ns))).unwrap();
+        let all: Vec<(String, u32)> = m
+            .view(|tx| tx.scan(Bucket::Images, &ns_prefix(&ns)))
+            .unwrap();
         assert_eq!(all, vec![(key(&ns, "a"), 1)]);
         let other = Namespace::new("default2").unwrap();
-        m.update(|tx| tx.put(Bucket::Images, &key(&other, "c"), &3u32)).unwrap();
-        let all: Vec<(String, u32)> = m.view(|tx| tx.scan(Bucket::Images, &ns_prefix(&ns))).unwrap();
+        m.update(|tx| tx.put(Bucket::Images, &key(&other, "c"), &3u32))
+            .unwrap();
+        let all: Vec<(String, u32)> = m
+            .view(|tx| tx.scan(Bucket::Images, &ns_prefix(&ns)))
+            .unwrap();
         assert_eq!(all.len(), 1);
         let u1 = m.stable_value("uuid", || "x".into()).unwrap();
         let u2 = m.stable_value("uuid", || "y".into()).unwrap();

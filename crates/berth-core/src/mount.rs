@@ -32,7 +32,9 @@ impl Mount {
 
     /// The value of an option such as `upperdir=...`.
     pub fn option(&self, name: &str) -> Option<&str> {
-        self.options.iter().find_map(|o| o.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        self.options
+            .iter()
+            .find_map(|o| o.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
     }
 }
 
@@ -62,12 +64,14 @@ fn split_options(opts: &[String]) -> (MountFlags, bool, String) {
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     let (flags, bind, data) = split_options(&m.options);
-    let err = |e: rustix::io::Errno| Error::FailedPrecondition(format!(
-        "mount {} {:?} on {}: {e}",
-        m.kind,
-        m.source,
-        target.display()
-    ));
+    let err = |e: rustix::io::Errno| {
+        Error::FailedPrecondition(format!(
+            "mount {} {:?} on {}: {e}",
+            m.kind,
+            m.source,
+            target.display()
+        ))
+    };
     if bind || m.kind == "bind" {
         if flags.contains(MountFlags::REC) {
             rustix::mount::mount_bind_recursive(m.source.as_str(), target).map_err(err)?;
@@ -80,9 +84,19 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
         }
     } else {
         let data = std::ffi::CString::new(data).map_err(|_| {
-            Error::InvalidArgument(format!("mount options of {} {:?} contain a NUL byte", m.kind, m.source))
+            Error::InvalidArgument(format!(
+                "mount options of {} {:?} contain a NUL byte",
+                m.kind, m.source
+            ))
         })?;
-        rustix::mount::mount(m.source.as_str(), target, m.kind.as_str(), flags, data.as_c_str()).map_err(err)?;
+        rustix::mount::mount(
+            m.source.as_str(),
+            target,
+            m.kind.as_str(),
+            flags,
+            data.as_c_str(),
+        )
+        .map_err(err)?;
     }
     Ok(())
 }
@@ -127,7 +141,10 @@ impl TempMount {
             let _ = std::fs::remove_dir(&dir);
             return Err(e);
         }
-        Ok(TempMount { dir, layers: mounts.len() })
+        Ok(TempMount {
+            dir,
+            layers: mounts.len(),
+        })
     }
 
     pub fn path(&self) -> &Path {

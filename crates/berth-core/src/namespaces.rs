@@ -28,31 +28,49 @@ impl Namespaces {
             if tx.namespace_exists(ns)? {
                 return Err(Error::AlreadyExists(format!("namespace {ns:?}")));
             }
-            tx.put(Bucket::Namespaces, ns.as_str(), &NamespaceRecord { labels: labels_in, created_at: Timestamp::now() })
+            tx.put(
+                Bucket::Namespaces,
+                ns.as_str(),
+                &NamespaceRecord {
+                    labels: labels_in,
+                    created_at: Timestamp::now(),
+                },
+            )
         })
     }
 
     pub fn get(&self, ns: &Namespace) -> Result<Labels> {
-        let rec: NamespaceRecord = self.meta.view(|tx| tx.get(Bucket::Namespaces, ns.as_str()))?.ok_or_else(|| not_found(ns))?;
+        let rec: NamespaceRecord = self
+            .meta
+            .view(|tx| tx.get(Bucket::Namespaces, ns.as_str()))?
+            .ok_or_else(|| not_found(ns))?;
         Ok(rec.labels)
     }
 
     pub fn list(&self) -> Result<Vec<(Namespace, Labels)>> {
-        let all: Vec<(String, NamespaceRecord)> = self.meta.view(|tx| tx.scan(Bucket::Namespaces, ""))?;
-        Ok(all.into_iter().filter_map(|(n, r)| Namespace::new(&n).ok().map(|n| (n, r.labels))).collect())
+        let all: Vec<(String, NamespaceRecord)> =
+            self.meta.view(|tx| tx.scan(Bucket::Namespaces, ""))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(n, r)| Namespace::new(&n).ok().map(|n| (n, r.labels)))
+            .collect())
     }
 
     /// `labels.KEY` paths set or (for an empty value) remove one label; no paths replace all.
     pub fn update(&self, ns: &Namespace, new: &Labels, fieldpaths: &[String]) -> Result<Labels> {
         labels::validate(new)?;
         self.meta.update(|tx| {
-            let mut rec: NamespaceRecord = tx.get(Bucket::Namespaces, ns.as_str())?.ok_or_else(|| not_found(ns))?;
+            let mut rec: NamespaceRecord = tx
+                .get(Bucket::Namespaces, ns.as_str())?
+                .ok_or_else(|| not_found(ns))?;
             if fieldpaths.is_empty() {
                 rec.labels = new.clone();
             }
             for path in fieldpaths {
                 let Some(k) = path.strip_prefix("labels.") else {
-                    return Err(Error::InvalidArgument(format!("cannot update field {path:?} of namespace {ns:?}")));
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot update field {path:?} of namespace {ns:?}"
+                    )));
                 };
                 match new.get(k).filter(|v| !v.is_empty()) {
                     Some(v) => rec.labels.insert(k.to_owned(), v.clone()),
@@ -72,13 +90,20 @@ impl Namespaces {
             }
             let p = ns_prefix(ns);
             let mut in_use = Vec::new();
-            for (b, what) in [(Bucket::Images, "images"), (Bucket::Content, "blobs"), (Bucket::Containers, "containers")] {
+            for (b, what) in [
+                (Bucket::Images, "images"),
+                (Bucket::Content, "blobs"),
+                (Bucket::Containers, "containers"),
+            ] {
                 if !tx.scan_raw(b, &p)?.is_empty() {
                     in_use.push(what.to_string());
                 }
             }
             for sn in &self.snapshotters {
-                if !tx.scan_raw(Bucket::Snapshots, &format!("{sn}\0{p}"))?.is_empty() {
+                if !tx
+                    .scan_raw(Bucket::Snapshots, &format!("{sn}\0{p}"))?
+                    .is_empty()
+                {
                     in_use.push(format!("snapshot-{sn}"));
                 }
             }

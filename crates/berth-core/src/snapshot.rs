@@ -86,6 +86,15 @@ fn prefix(sn: &str, ns: &Namespace) -> String {
     format!("{sn}\0{}\0", ns.as_str())
 }
 
+/// What Prepare and View ask for.
+pub struct NewSnapshot<'a> {
+    pub key: &'a str,
+    pub parent: Option<&'a str>,
+    pub kind: Kind,
+    pub labels: Labels,
+    pub lease: Option<&'a str>,
+}
+
 pub struct Snapshots {
     meta: Arc<MetaStore>,
     backends: BTreeMap<&'static str, Arc<dyn Backend>>,
@@ -93,13 +102,23 @@ pub struct Snapshots {
 }
 
 fn not_found(sn: &str, ns: &Namespace, key: &str) -> Error {
-    Error::NotFound(format!("snapshot {key:?} in snapshotter {sn} of namespace {ns:?}"))
+    Error::NotFound(format!(
+        "snapshot {key:?} in snapshotter {sn} of namespace {ns:?}"
+    ))
 }
 
 impl Snapshots {
-    pub fn new(meta: Arc<MetaStore>, backends: Vec<Arc<dyn Backend>>, gc_lock: Arc<RwLock<()>>) -> Self {
+    pub fn new(
+        meta: Arc<MetaStore>,
+        backends: Vec<Arc<dyn Backend>>,
+        gc_lock: Arc<RwLock<()>>,
+    ) -> Self {
         let backends = backends.into_iter().map(|b| (b.name(), b)).collect();
-        Snapshots { meta, backends, gc_lock }
+        Snapshots {
+            meta,
+            backends,
+            gc_lock,
+        }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -108,7 +127,9 @@ impl Snapshots {
 
     pub fn backend(&self, sn: &str) -> Result<&Arc<dyn Backend>> {
         if sn.is_empty() {
-            return Err(Error::InvalidArgument("snapshotter argument missing".into()));
+            return Err(Error::InvalidArgument(
+                "snapshotter argument missing".into(),
+            ));
         }
         self.backends.get(sn).ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -119,7 +140,12 @@ impl Snapshots {
     }
 
     /// Parent ids of the snapshot whose parent is `parent`, nearest first.
-    fn chain(tx: &impl Reader, sn: &str, ns: &Namespace, mut parent: Option<String>) -> Result<Vec<u64>> {
+    fn chain(
+        tx: &impl Reader,
+        sn: &str,
+        ns: &Namespace,
+        mut parent: Option<String>,
+    ) -> Result<Vec<u64>> {
         let mut ids = Vec::new();
         while let Some(p) = parent {
             let rec: SnapshotRecord = tx
@@ -131,34 +157,45 @@ impl Snapshots {
         Ok(ids)
     }
 
-    pub fn create(
-        &self,
-        ns: &Namespace,
-        sn: &str,
-        key: &str,
-        parent: Option<&str>,
-        kind: Kind,
-        new_labels: Labels,
-        lease: Option<&str>,
-    ) -> Result<Vec<Mount>> {
+    pub fn create(&self, ns: &Namespace, sn: &str, req: NewSnapshot<'_>) -> Result<Vec<Mount>> {
+        let NewSnapshot {
+            key,
+            parent,
+            kind,
+            labels: new_labels,
+            lease,
+        } = req;
         let backend = self.backend(sn)?.clone();
         if key.is_empty() {
-            return Err(Error::InvalidArgument("snapshot key must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "snapshot key must not be empty".into(),
+            ));
         }
         labels::validate(&new_labels)?;
         let parent = parent.filter(|p| !p.is_empty()).map(str::to_owned);
         // Check and allocate first; the directory is made before the record, so a crash in
         // between leaves only an unreferenced directory for the collector.
         let (id, parents) = self.meta.update(|tx| {
-            if tx.get_raw(Bucket::Snapshots, &record_key(sn, ns, key))?.is_some() {
-                return Err(Error::AlreadyExists(format!("snapshot {key:?} in snapshotter {sn} of namespace {ns:?}")));
+            if tx
+                .get_raw(Bucket::Snapshots, &record_key(sn, ns, key))?
+                .is_some()
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {key:?} in snapshotter {sn} of namespace {ns:?}"
+                )));
             }
             if let Some(p) = &parent {
                 let rec: SnapshotRecord = tx
                     .get(Bucket::Snapshots, &record_key(sn, ns, p))?
-                    .ok_or_else(|| Error::NotFound(format!("parent snapshot {p:?} in snapshotter {sn} of namespace {ns:?}")))?;
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "parent snapshot {p:?} in snapshotter {sn} of namespace {ns:?}"
+                        ))
+                    })?;
                 if rec.kind != Kind::Committed {
-                    return Err(Error::InvalidArgument(format!("parent snapshot {p:?} is not a committed snapshot")));
+                    return Err(Error::InvalidArgument(format!(
+                        "parent snapshot {p:?} is not a committed snapshot"
+                    )));
                 }
             }
             let parents = Self::chain(tx, sn, ns, parent.clone())?;
@@ -167,12 +204,21 @@ impl Snapshots {
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         backend.create(id, &parents, kind)?;
         let now = Timestamp::now();
-        let rec = SnapshotRecord { id, kind, parent: parent.clone(), labels: new_labels, created_at: now, updated_at: now };
+        let rec = SnapshotRecord {
+            id,
+            kind,
+            parent: parent.clone(),
+            labels: new_labels,
+            created_at: now,
+            updated_at: now,
+        };
         let recorded = self.meta.update(|tx| {
             tx.ensure_namespace(ns)?;
             let k = record_key(sn, ns, key);
             if tx.get_raw(Bucket::Snapshots, &k)?.is_some() {
-                return Err(Error::AlreadyExists(format!("snapshot {key:?} in snapshotter {sn} of namespace {ns:?}")));
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {key:?} in snapshotter {sn} of namespace {ns:?}"
+                )));
             }
             tx.put(Bucket::Snapshots, &k, &rec)?;
             if let Some(l) = lease {
@@ -188,7 +234,8 @@ impl Snapshots {
     }
 
     fn get(&self, tx: &impl Reader, ns: &Namespace, sn: &str, key: &str) -> Result<SnapshotRecord> {
-        tx.get(Bucket::Snapshots, &record_key(sn, ns, key))?.ok_or_else(|| not_found(sn, ns, key))
+        tx.get(Bucket::Snapshots, &record_key(sn, ns, key))?
+            .ok_or_else(|| not_found(sn, ns, key))
     }
 
     pub fn mounts(&self, ns: &Namespace, sn: &str, key: &str) -> Result<Vec<Mount>> {
@@ -206,11 +253,21 @@ impl Snapshots {
         Ok(backend.mounts(rec.id, rec.kind, &parents))
     }
 
-    pub fn commit(&self, ns: &Namespace, sn: &str, name: &str, key: &str, new_labels: Labels, lease: Option<&str>) -> Result<()> {
+    pub fn commit(
+        &self,
+        ns: &Namespace,
+        sn: &str,
+        name: &str,
+        key: &str,
+        new_labels: Labels,
+        lease: Option<&str>,
+    ) -> Result<()> {
         self.backend(sn)?;
         labels::validate(&new_labels)?;
         if name.is_empty() {
-            return Err(Error::InvalidArgument("commit needs a snapshot name".into()));
+            return Err(Error::InvalidArgument(
+                "commit needs a snapshot name".into(),
+            ));
         }
         self.meta.update(|tx| {
             let mut rec = self.get(tx, ns, sn, key)?;
@@ -222,7 +279,9 @@ impl Snapshots {
             }
             let nk = record_key(sn, ns, name);
             if tx.get_raw(Bucket::Snapshots, &nk)?.is_some() {
-                return Err(Error::AlreadyExists(format!("snapshot {name:?} in snapshotter {sn} of namespace {ns:?}")));
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {name:?} in snapshotter {sn} of namespace {ns:?}"
+                )));
             }
             tx.delete(Bucket::Snapshots, &record_key(sn, ns, key))?;
             rec.kind = Kind::Committed;
@@ -240,8 +299,12 @@ impl Snapshots {
         let backend = self.backend(sn)?.clone();
         let id = self.meta.update(|tx| {
             let rec = self.get(tx, ns, sn, key)?;
-            let children: Vec<(String, SnapshotRecord)> = tx.scan(Bucket::Snapshots, &prefix(sn, ns))?;
-            if let Some((child, _)) = children.iter().find(|(_, r)| r.parent.as_deref() == Some(key)) {
+            let children: Vec<(String, SnapshotRecord)> =
+                tx.scan(Bucket::Snapshots, &prefix(sn, ns))?;
+            if let Some((child, _)) = children
+                .iter()
+                .find(|(_, r)| r.parent.as_deref() == Some(key))
+            {
                 let child = child.rsplit('\0').next().unwrap_or_default();
                 return Err(Error::FailedPrecondition(format!(
                     "cannot remove snapshot {key:?}: snapshot {child:?} has it as parent"
@@ -259,13 +322,22 @@ impl Snapshots {
         Ok(info(key, rec))
     }
 
-    pub fn update(&self, ns: &Namespace, sn: &str, key: &str, new_labels: &Labels, fieldpaths: &[String]) -> Result<SnapshotInfo> {
+    pub fn update(
+        &self,
+        ns: &Namespace,
+        sn: &str,
+        key: &str,
+        new_labels: &Labels,
+        fieldpaths: &[String],
+    ) -> Result<SnapshotInfo> {
         self.backend(sn)?;
         self.meta.update(|tx| {
             let mut rec = self.get(tx, ns, sn, key)?;
             let rest = labels::apply_update(&mut rec.labels, new_labels, fieldpaths)?;
             if let Some(bad) = rest.first() {
-                return Err(Error::InvalidArgument(format!("cannot update field {bad:?} of snapshot {key:?}")));
+                return Err(Error::InvalidArgument(format!(
+                    "cannot update field {bad:?} of snapshot {key:?}"
+                )));
             }
             rec.updated_at = Timestamp::now();
             tx.put(Bucket::Snapshots, &record_key(sn, ns, key), &rec)?;
@@ -276,7 +348,8 @@ impl Snapshots {
     pub fn list(&self, ns: &Namespace, sn: &str, filter: &Filter) -> Result<Vec<SnapshotInfo>> {
         self.backend(sn)?;
         let p = prefix(sn, ns);
-        let recs: Vec<(String, SnapshotRecord)> = self.meta.view(|tx| tx.scan(Bucket::Snapshots, &p))?;
+        let recs: Vec<(String, SnapshotRecord)> =
+            self.meta.view(|tx| tx.scan(Bucket::Snapshots, &p))?;
         Ok(recs
             .into_iter()
             .map(|(k, r)| info(&k[p.len()..], r))

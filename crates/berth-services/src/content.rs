@@ -16,12 +16,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{
-    AbortRequest, DeleteContentRequest, Info, InfoRequest, InfoResponse, ListContentRequest, ListContentResponse,
-    ListStatusesRequest, ListStatusesResponse, ReadContentRequest, ReadContentResponse, Status as IngestPb, StatusRequest,
-    StatusResponse, UpdateRequest, UpdateResponse, WriteAction, WriteContentRequest, WriteContentResponse,
+    AbortRequest, DeleteContentRequest, Info, InfoRequest, InfoResponse, ListContentRequest,
+    ListContentResponse, ListStatusesRequest, ListStatusesResponse, ReadContentRequest,
+    ReadContentResponse, Status as IngestPb, StatusRequest, StatusResponse, UpdateRequest,
+    UpdateResponse, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use crate::server::content_server::Content;
-use crate::status::{blocking, digest, labels_in, labels_out, lease, namespace, timestamp, to_status};
+use crate::status::{
+    blocking, digest, labels_in, labels_out, lease, namespace, timestamp, to_status,
+};
 
 const CHUNK: usize = 1 << 20;
 
@@ -66,30 +69,46 @@ impl Content for ContentService {
         let d = digest(&req.get_ref().digest)?;
         let store = self.store.clone();
         let i = blocking(move || store.info(&ns, &d)).await?;
-        Ok(Response::new(InfoResponse { info: Some(info_pb(i)) }))
+        Ok(Response::new(InfoResponse {
+            info: Some(info_pb(i)),
+        }))
     }
 
-    async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
+    async fn update(
+        &self,
+        req: Request<UpdateRequest>,
+    ) -> Result<Response<UpdateResponse>, Status> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
-        let info = req.info.ok_or_else(|| Status::invalid_argument("update needs info"))?;
+        let info = req
+            .info
+            .ok_or_else(|| Status::invalid_argument("update needs info"))?;
         let d = digest(&info.digest)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let store = self.store.clone();
         let i = blocking(move || store.update(&ns, &d, &labels_in(info.labels), &paths)).await?;
-        Ok(Response::new(UpdateResponse { info: Some(info_pb(i)) }))
+        Ok(Response::new(UpdateResponse {
+            info: Some(info_pb(i)),
+        }))
     }
 
     type ListStream = BoxStream<ListContentResponse>;
 
-    async fn list(&self, req: Request<ListContentRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        req: Request<ListContentRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         let ns = namespace(&req)?;
         let f = filter(&req.get_ref().filters)?;
         let store = self.store.clone();
         let all = blocking(move || store.list(&ns, &f)).await?;
         let batches: Vec<Result<ListContentResponse, Status>> = all
             .chunks(100)
-            .map(|c| Ok(ListContentResponse { info: c.iter().cloned().map(info_pb).collect() }))
+            .map(|c| {
+                Ok(ListContentResponse {
+                    info: c.iter().cloned().map(info_pb).collect(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
     }
@@ -105,7 +124,10 @@ impl Content for ContentService {
 
     type ReadStream = BoxStream<ReadContentResponse>;
 
-    async fn read(&self, req: Request<ReadContentRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        req: Request<ReadContentRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let d = digest(&r.digest)?;
@@ -115,9 +137,15 @@ impl Content for ContentService {
         let size = size as i64;
         let start = r.offset.max(0);
         if start > size {
-            return Err(Status::out_of_range(format!("read of {d} at offset {start} is past its size {size}")));
+            return Err(Status::out_of_range(format!(
+                "read of {d} at offset {start} is past its size {size}"
+            )));
         }
-        let end = if r.size <= 0 || start + r.size > size { size } else { start + r.size };
+        let end = if r.size <= 0 || start + r.size > size {
+            size
+        } else {
+            start + r.size
+        };
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut off = start;
@@ -126,7 +154,10 @@ impl Content for ContentService {
                 let want = ((end - off) as usize).min(CHUNK);
                 let msg = match file.read_at(&mut buf[..want], off as u64) {
                     Ok(0) => Err(Status::data_loss(format!("blob {d} ended early at {off}"))),
-                    Ok(n) => Ok(ReadContentResponse { offset: off, data: buf[..n].to_vec() }),
+                    Ok(n) => Ok(ReadContentResponse {
+                        offset: off,
+                        data: buf[..n].to_vec(),
+                    }),
                     Err(e) => Err(Status::internal(format!("read blob {d}: {e}"))),
                 };
                 let stop = msg.is_err();
@@ -141,25 +172,38 @@ impl Content for ContentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner().r#ref;
         let store = self.store.clone();
         let s = blocking(move || store.status(&ns, &r)).await?;
-        Ok(Response::new(StatusResponse { status: Some(status_pb(s)) }))
+        Ok(Response::new(StatusResponse {
+            status: Some(status_pb(s)),
+        }))
     }
 
-    async fn list_statuses(&self, req: Request<ListStatusesRequest>) -> Result<Response<ListStatusesResponse>, Status> {
+    async fn list_statuses(
+        &self,
+        req: Request<ListStatusesRequest>,
+    ) -> Result<Response<ListStatusesResponse>, Status> {
         let ns = namespace(&req)?;
         let f = filter(&req.get_ref().filters)?;
         let store = self.store.clone();
         let all = blocking(move || store.list_statuses(&ns, &f)).await?;
-        Ok(Response::new(ListStatusesResponse { statuses: all.into_iter().map(status_pb).collect() }))
+        Ok(Response::new(ListStatusesResponse {
+            statuses: all.into_iter().map(status_pb).collect(),
+        }))
     }
 
     type WriteStream = BoxStream<WriteContentResponse>;
 
-    async fn write(&self, req: Request<Streaming<WriteContentRequest>>) -> Result<Response<Self::WriteStream>, Status> {
+    async fn write(
+        &self,
+        req: Request<Streaming<WriteContentRequest>>,
+    ) -> Result<Response<Self::WriteStream>, Status> {
         let ns = namespace(&req)?;
         let lease = lease(&req);
         let mut incoming = req.into_inner();
@@ -193,33 +237,65 @@ async fn write_stream(
     incoming: &mut Streaming<WriteContentRequest>,
     tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
-    let Some(mut msg) = incoming.message().await? else { return Ok(()) };
+    let Some(mut msg) = incoming.message().await? else {
+        return Ok(());
+    };
     if msg.r#ref.is_empty() {
-        return Err(Status::invalid_argument("first message must have a reference"));
+        return Err(Status::invalid_argument(
+            "first message must have a reference",
+        ));
     }
-    let expected = if msg.expected.is_empty() { None } else { Some(digest(&msg.expected)?) };
+    let expected = if msg.expected.is_empty() {
+        None
+    } else {
+        Some(digest(&msg.expected)?)
+    };
     let (s, n, r, l) = (store.clone(), ns.clone(), msg.r#ref.clone(), lease.clone());
     let total = msg.total;
-    let mut writer: Writer = blocking(move || s.writer(&n, &r, total, expected.as_ref(), l.as_deref())).await?;
+    let mut writer: Writer =
+        blocking(move || s.writer(&n, &r, total, expected.as_ref(), l.as_deref())).await?;
     loop {
-        let action = WriteAction::try_from(msg.action)
-            .map_err(|_| Status::invalid_argument(format!("unknown write action {}", msg.action)))?;
-        let expected = if msg.expected.is_empty() { None } else { Some(digest(&msg.expected)?) };
+        let action = WriteAction::try_from(msg.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown write action {}", msg.action))
+        })?;
+        let expected = if msg.expected.is_empty() {
+            None
+        } else {
+            Some(digest(&msg.expected)?)
+        };
         if let Some(e) = &expected {
             let (s, n, e2) = (store.clone(), ns.clone(), e.clone());
-            if blocking(move || s.info(&n, &e2).map(|_| true).or_else(|e| if e.is_not_found() { Ok(false) } else { Err(e) })).await? {
+            if blocking(move || {
+                s.info(&n, &e2).map(|_| true).or_else(|e| {
+                    if e.is_not_found() {
+                        Ok(false)
+                    } else {
+                        Err(e)
+                    }
+                })
+            })
+            .await?
+            {
                 let r = writer.reference().to_owned();
                 drop(writer);
                 let (s, n) = (store.clone(), ns.clone());
                 let _ = blocking(move || s.abort(&n, &r)).await;
-                return Err(to_status(Error::AlreadyExists(format!("content {e} in namespace {ns:?}"))));
+                return Err(to_status(Error::AlreadyExists(format!(
+                    "content {e} in namespace {ns:?}"
+                ))));
             }
         }
         let started = writer.status().started_at;
-        let mut resp = WriteContentResponse { action: msg.action, started_at: timestamp(started), ..Default::default() };
+        let mut resp = WriteContentResponse {
+            action: msg.action,
+            started_at: timestamp(started),
+            ..Default::default()
+        };
         match action {
             WriteAction::Stat => {
-                writer.set_expectations(msg.total, expected.as_ref()).map_err(to_status)?;
+                writer
+                    .set_expectations(msg.total, expected.as_ref())
+                    .map_err(to_status)?;
                 let st = writer.status();
                 resp.offset = st.offset;
                 resp.total = if msg.total > 0 { msg.total } else { st.total };
@@ -227,7 +303,9 @@ async fn write_stream(
                 resp.updated_at = timestamp(Timestamp::now());
             }
             WriteAction::Write | WriteAction::Commit => {
-                writer.set_expectations(msg.total, expected.as_ref()).map_err(to_status)?;
+                writer
+                    .set_expectations(msg.total, expected.as_ref())
+                    .map_err(to_status)?;
                 let data = std::mem::take(&mut msg.data);
                 let offset = msg.offset.max(0) as u64;
                 if !data.is_empty() || (action == WriteAction::Write && offset == 0) {
@@ -246,7 +324,10 @@ async fn write_stream(
                     let (s, l) = (store.clone(), lease.clone());
                     let labels = labels_in(std::mem::take(&mut msg.labels));
                     let size = msg.total;
-                    let d = blocking(move || s.commit(writer, size, expected.as_ref(), &labels, l.as_deref())).await?;
+                    let d = blocking(move || {
+                        s.commit(writer, size, expected.as_ref(), &labels, l.as_deref())
+                    })
+                    .await?;
                     resp.digest = d.to_string();
                     resp.total = resp.offset;
                     let _ = tx.send(Ok(resp)).await;

@@ -25,11 +25,15 @@ impl diff_server::Diff for DiffService {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let desc = r.diff.ok_or_else(|| Status::invalid_argument("apply needs the layer descriptor"))?;
+        let desc = r
+            .diff
+            .ok_or_else(|| Status::invalid_argument("apply needs the layer descriptor"))?;
         let d = digest(&desc.digest)?;
         let mounts: Vec<_> = r.mounts.into_iter().map(mount_in).collect();
         let (content, scratch) = (self.content.clone(), self.scratch.clone());
-        let applied = blocking(move || diff::apply(&content, &ns, &d, &desc.media_type, &mounts, &scratch)).await?;
+        let applied =
+            blocking(move || diff::apply(&content, &ns, &d, &desc.media_type, &mounts, &scratch))
+                .await?;
         Ok(Response::new(ApplyResponse {
             applied: Some(Descriptor {
                 media_type: MEDIA_TYPE_LAYER.to_owned(),
@@ -41,6 +45,8 @@ impl diff_server::Diff for DiffService {
     }
 
     async fn diff(&self, _req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
-        Err(Status::unimplemented("berthd does not create layers from mounts (Diff) yet"))
+        Err(Status::unimplemented(
+            "berthd does not create layers from mounts (Diff) yet",
+        ))
     }
 }

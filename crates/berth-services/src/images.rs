@@ -9,8 +9,9 @@ use berth_core::metadata::Timestamp;
 use tonic::{Request, Response, Status};
 
 use crate::api::{
-    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, Image as ImagePb,
-    ListImagesRequest, ListImagesResponse, UpdateImageRequest, UpdateImageResponse,
+    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse,
+    Image as ImagePb, ListImagesRequest, ListImagesResponse, UpdateImageRequest,
+    UpdateImageResponse,
 };
 use crate::server::images_server;
 use crate::status::{blocking, labels_in, labels_out, namespace, timestamp, to_status};
@@ -22,11 +23,21 @@ pub struct ImagesService {
 }
 
 pub fn descriptor_in(d: DescriptorPb) -> Descriptor {
-    Descriptor { media_type: d.media_type, digest: d.digest, size: d.size, annotations: d.annotations.into_iter().collect() }
+    Descriptor {
+        media_type: d.media_type,
+        digest: d.digest,
+        size: d.size,
+        annotations: d.annotations.into_iter().collect(),
+    }
 }
 
 pub fn descriptor_out(d: Descriptor) -> DescriptorPb {
-    DescriptorPb { media_type: d.media_type, digest: d.digest, size: d.size, annotations: d.annotations.into_iter().collect() }
+    DescriptorPb {
+        media_type: d.media_type,
+        digest: d.digest,
+        size: d.size,
+        annotations: d.annotations.into_iter().collect(),
+    }
 }
 
 fn image_in(i: ImagePb) -> Image {
@@ -51,39 +62,64 @@ fn image_out(i: Image) -> ImagePb {
 
 #[tonic::async_trait]
 impl images_server::Images for ImagesService {
-    async fn get(&self, req: Request<GetImageRequest>) -> Result<Response<GetImageResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<GetImageRequest>,
+    ) -> Result<Response<GetImageResponse>, Status> {
         let ns = namespace(&req)?;
         let name = req.into_inner().name;
         let store = self.store.clone();
         let i = blocking(move || store.get(&ns, &name)).await?;
-        Ok(Response::new(GetImageResponse { image: Some(image_out(i)) }))
+        Ok(Response::new(GetImageResponse {
+            image: Some(image_out(i)),
+        }))
     }
 
-    async fn list(&self, req: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
         let ns = namespace(&req)?;
         let f = Filter::parse_all(&req.get_ref().filters).map_err(to_status)?;
         let store = self.store.clone();
         let all = blocking(move || store.list(&ns, &f)).await?;
-        Ok(Response::new(ListImagesResponse { images: all.into_iter().map(image_out).collect() }))
+        Ok(Response::new(ListImagesResponse {
+            images: all.into_iter().map(image_out).collect(),
+        }))
     }
 
-    async fn create(&self, req: Request<CreateImageRequest>) -> Result<Response<CreateImageResponse>, Status> {
+    async fn create(
+        &self,
+        req: Request<CreateImageRequest>,
+    ) -> Result<Response<CreateImageResponse>, Status> {
         let ns = namespace(&req)?;
-        let img = req.into_inner().image.ok_or_else(|| Status::invalid_argument("image is required"))?;
+        let img = req
+            .into_inner()
+            .image
+            .ok_or_else(|| Status::invalid_argument("image is required"))?;
         let store = self.store.clone();
         let i = blocking(move || store.create(&ns, image_in(img))).await?;
-        Ok(Response::new(CreateImageResponse { image: Some(image_out(i)) }))
+        Ok(Response::new(CreateImageResponse {
+            image: Some(image_out(i)),
+        }))
     }
 
-    async fn update(&self, req: Request<UpdateImageRequest>) -> Result<Response<UpdateImageResponse>, Status> {
+    async fn update(
+        &self,
+        req: Request<UpdateImageRequest>,
+    ) -> Result<Response<UpdateImageResponse>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let img = r.image.ok_or_else(|| Status::invalid_argument("image is required"))?;
+        let img = r
+            .image
+            .ok_or_else(|| Status::invalid_argument("image is required"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let store = self.store.clone();
         let i = blocking(move || store.update(&ns, image_in(img), &paths)).await?;
         self.gc.schedule();
-        Ok(Response::new(UpdateImageResponse { image: Some(image_out(i)) }))
+        Ok(Response::new(UpdateImageResponse {
+            image: Some(image_out(i)),
+        }))
     }
 
     async fn delete(&self, req: Request<DeleteImageRequest>) -> Result<Response<()>, Status> {

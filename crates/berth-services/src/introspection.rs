@@ -3,7 +3,9 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::api::{Plugin, PluginInfoRequest, PluginInfoResponse, PluginsRequest, PluginsResponse, ServerResponse};
+use crate::api::{
+    Plugin, PluginInfoRequest, PluginInfoResponse, PluginsRequest, PluginsResponse, ServerResponse,
+};
 use crate::server::introspection_server::Introspection;
 use crate::status::to_status;
 use crate::types::Platform;
@@ -17,21 +19,57 @@ pub struct IntrospectionService {
 impl IntrospectionService {
     pub fn new(uuid: String, snapshotters: &[&str]) -> Self {
         let mut plugins = vec![
-            ("io.containerd.content.v1".to_string(), "content".to_string(), vec![]),
+            (
+                "io.containerd.content.v1".to_string(),
+                "content".to_string(),
+                vec![],
+            ),
             (
                 "io.containerd.metadata.v1".into(),
                 "redb".into(),
-                vec!["io.containerd.content.v1".into(), "io.containerd.snapshotter.v1".into()],
+                vec![
+                    "io.containerd.content.v1".into(),
+                    "io.containerd.snapshotter.v1".into(),
+                ],
             ),
-            ("io.containerd.differ.v1".into(), "walking".into(), vec!["io.containerd.metadata.v1".into()]),
-            ("io.containerd.gc.v1".into(), "scheduler".into(), vec!["io.containerd.metadata.v1".into()]),
-            ("io.containerd.lease.v1".into(), "manager".into(), vec!["io.containerd.metadata.v1".into()]),
+            (
+                "io.containerd.differ.v1".into(),
+                "walking".into(),
+                vec!["io.containerd.metadata.v1".into()],
+            ),
+            (
+                "io.containerd.gc.v1".into(),
+                "scheduler".into(),
+                vec!["io.containerd.metadata.v1".into()],
+            ),
+            (
+                "io.containerd.lease.v1".into(),
+                "manager".into(),
+                vec!["io.containerd.metadata.v1".into()],
+            ),
         ];
         for sn in snapshotters {
-            plugins.push(("io.containerd.snapshotter.v1".into(), sn.to_string(), vec![]));
+            plugins.push((
+                "io.containerd.snapshotter.v1".into(),
+                sn.to_string(),
+                vec![],
+            ));
         }
-        for svc in ["content", "diff", "images", "introspection", "leases", "namespaces", "snapshots", "version"] {
-            plugins.push(("io.containerd.grpc.v1".into(), svc.into(), vec!["io.containerd.metadata.v1".into()]));
+        for svc in [
+            "content",
+            "diff",
+            "images",
+            "introspection",
+            "leases",
+            "namespaces",
+            "snapshots",
+            "version",
+        ] {
+            plugins.push((
+                "io.containerd.grpc.v1".into(),
+                svc.into(),
+                vec!["io.containerd.metadata.v1".into()],
+            ));
         }
         IntrospectionService { uuid, plugins }
     }
@@ -39,7 +77,10 @@ impl IntrospectionService {
 
 #[tonic::async_trait]
 impl Introspection for IntrospectionService {
-    async fn plugins(&self, req: Request<PluginsRequest>) -> Result<Response<PluginsResponse>, Status> {
+    async fn plugins(
+        &self,
+        req: Request<PluginsRequest>,
+    ) -> Result<Response<PluginsResponse>, Status> {
         use berth_core::filters::{Filter, Filterable};
         struct P<'a>(&'a (String, String, Vec<String>));
         impl Filterable for P<'_> {
@@ -52,7 +93,14 @@ impl Introspection for IntrospectionService {
             }
         }
         let f = Filter::parse_all(&req.get_ref().filters).map_err(to_status)?;
-        let platform = Platform { os: "linux".into(), architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"), variant: String::new(), os_version: String::new() };
+        let platform = Platform {
+            os: "linux".into(),
+            architecture: std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
+            variant: String::new(),
+            os_version: String::new(),
+        };
         let plugins = self
             .plugins
             .iter()
@@ -61,7 +109,11 @@ impl Introspection for IntrospectionService {
                 r#type: t.clone(),
                 id: id.clone(),
                 requires: requires.clone(),
-                platforms: if t == "io.containerd.snapshotter.v1" { vec![platform.clone()] } else { vec![] },
+                platforms: if t == "io.containerd.snapshotter.v1" {
+                    vec![platform.clone()]
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             })
             .collect();
@@ -69,10 +121,19 @@ impl Introspection for IntrospectionService {
     }
 
     async fn server(&self, _req: Request<()>) -> Result<Response<ServerResponse>, Status> {
-        Ok(Response::new(ServerResponse { uuid: self.uuid.clone(), pid: std::process::id() as u64, ..Default::default() }))
+        Ok(Response::new(ServerResponse {
+            uuid: self.uuid.clone(),
+            pid: std::process::id() as u64,
+            ..Default::default()
+        }))
     }
 
-    async fn plugin_info(&self, _req: Request<PluginInfoRequest>) -> Result<Response<PluginInfoResponse>, Status> {
-        Err(Status::unimplemented("berthd does not serve PluginInfo yet"))
+    async fn plugin_info(
+        &self,
+        _req: Request<PluginInfoRequest>,
+    ) -> Result<Response<PluginInfoResponse>, Status> {
+        Err(Status::unimplemented(
+            "berthd does not serve PluginInfo yet",
+        ))
     }
 }

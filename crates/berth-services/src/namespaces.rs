@@ -7,8 +7,9 @@ use berth_core::Namespace;
 use tonic::{Request, Response, Status};
 
 use crate::api::{
-    CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest, GetNamespaceResponse,
-    ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespacePb, UpdateNamespaceRequest, UpdateNamespaceResponse,
+    CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
+    GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespacePb,
+    UpdateNamespaceRequest, UpdateNamespaceResponse,
 };
 use crate::server::namespaces_server;
 use crate::status::{blocking, labels_in, labels_out, to_status};
@@ -24,41 +25,76 @@ fn name(s: &str) -> Result<Namespace, Status> {
 
 #[tonic::async_trait]
 impl namespaces_server::Namespaces for NamespacesService {
-    async fn get(&self, req: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<GetNamespaceRequest>,
+    ) -> Result<Response<GetNamespaceResponse>, Status> {
         let ns = name(&req.get_ref().name)?;
         let store = self.store.clone();
         let n = ns.clone();
         let labels = blocking(move || store.get(&n)).await?;
-        Ok(Response::new(GetNamespaceResponse { namespace: Some(NamespacePb { name: ns.to_string(), labels: labels_out(labels) }) }))
-    }
-
-    async fn list(&self, _req: Request<ListNamespacesRequest>) -> Result<Response<ListNamespacesResponse>, Status> {
-        let store = self.store.clone();
-        let all = blocking(move || store.list()).await?;
-        Ok(Response::new(ListNamespacesResponse {
-            namespaces: all.into_iter().map(|(n, l)| NamespacePb { name: n.to_string(), labels: labels_out(l) }).collect(),
+        Ok(Response::new(GetNamespaceResponse {
+            namespace: Some(NamespacePb {
+                name: ns.to_string(),
+                labels: labels_out(labels),
+            }),
         }))
     }
 
-    async fn create(&self, req: Request<CreateNamespaceRequest>) -> Result<Response<CreateNamespaceResponse>, Status> {
-        let pb = req.into_inner().namespace.ok_or_else(|| Status::invalid_argument("namespace is required"))?;
+    async fn list(
+        &self,
+        _req: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesResponse>, Status> {
+        let store = self.store.clone();
+        let all = blocking(move || store.list()).await?;
+        Ok(Response::new(ListNamespacesResponse {
+            namespaces: all
+                .into_iter()
+                .map(|(n, l)| NamespacePb {
+                    name: n.to_string(),
+                    labels: labels_out(l),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create(
+        &self,
+        req: Request<CreateNamespaceRequest>,
+    ) -> Result<Response<CreateNamespaceResponse>, Status> {
+        let pb = req
+            .into_inner()
+            .namespace
+            .ok_or_else(|| Status::invalid_argument("namespace is required"))?;
         let ns = name(&pb.name)?;
         let store = self.store.clone();
         let labels = labels_in(pb.labels.clone());
         blocking(move || store.create(&ns, labels)).await?;
-        Ok(Response::new(CreateNamespaceResponse { namespace: Some(pb) }))
+        Ok(Response::new(CreateNamespaceResponse {
+            namespace: Some(pb),
+        }))
     }
 
-    async fn update(&self, req: Request<UpdateNamespaceRequest>) -> Result<Response<UpdateNamespaceResponse>, Status> {
+    async fn update(
+        &self,
+        req: Request<UpdateNamespaceRequest>,
+    ) -> Result<Response<UpdateNamespaceResponse>, Status> {
         let req = req.into_inner();
-        let pb = req.namespace.ok_or_else(|| Status::invalid_argument("namespace is required"))?;
+        let pb = req
+            .namespace
+            .ok_or_else(|| Status::invalid_argument("namespace is required"))?;
         let ns = name(&pb.name)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let store = self.store.clone();
         let labels = labels_in(pb.labels);
         let n = ns.clone();
         let labels = blocking(move || store.update(&n, &labels, &paths)).await?;
-        Ok(Response::new(UpdateNamespaceResponse { namespace: Some(NamespacePb { name: ns.to_string(), labels: labels_out(labels) }) }))
+        Ok(Response::new(UpdateNamespaceResponse {
+            namespace: Some(NamespacePb {
+                name: ns.to_string(),
+                labels: labels_out(labels),
+            }),
+        }))
     }
 
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> Result<Response<()>, Status> {

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use berth_core::filters::Filter;
 use berth_core::gc::Scheduler;
 use berth_core::mount::Mount;
-use berth_core::snapshot::{Kind, SnapshotInfo, Snapshots};
+use berth_core::snapshot::{Kind, NewSnapshot, SnapshotInfo, Snapshots};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::api::snapshots::{
-    CleanupRequest, CommitSnapshotRequest, Info, Kind as KindPb, ListSnapshotsRequest, ListSnapshotsResponse, MountsRequest,
-    MountsResponse, PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest, StatSnapshotRequest,
-    StatSnapshotResponse, UpdateSnapshotRequest, UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest,
-    ViewSnapshotResponse,
+    CleanupRequest, CommitSnapshotRequest, Info, Kind as KindPb, ListSnapshotsRequest,
+    ListSnapshotsResponse, MountsRequest, MountsResponse, PrepareSnapshotRequest,
+    PrepareSnapshotResponse, RemoveSnapshotRequest, StatSnapshotRequest, StatSnapshotResponse,
+    UpdateSnapshotRequest, UpdateSnapshotResponse, UsageRequest, UsageResponse,
+    ViewSnapshotRequest, ViewSnapshotResponse,
 };
 use crate::server::snapshots_server;
 use crate::status::{blocking, labels_in, labels_out, lease, namespace, timestamp, to_status};
@@ -26,11 +27,21 @@ pub struct SnapshotsService {
 }
 
 pub fn mount_out(m: Mount) -> MountPb {
-    MountPb { r#type: m.kind, source: m.source, target: m.target, options: m.options }
+    MountPb {
+        r#type: m.kind,
+        source: m.source,
+        target: m.target,
+        options: m.options,
+    }
 }
 
 pub fn mount_in(m: MountPb) -> Mount {
-    Mount { kind: m.r#type, source: m.source, target: m.target, options: m.options }
+    Mount {
+        kind: m.r#type,
+        source: m.source,
+        target: m.target,
+        options: m.options,
+    }
 }
 
 fn kind_pb(k: Kind) -> i32 {
@@ -57,43 +68,88 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl snapshots_server::Snapshots for SnapshotsService {
-    async fn prepare(&self, req: Request<PrepareSnapshotRequest>) -> Result<Response<PrepareSnapshotResponse>, Status> {
+    async fn prepare(
+        &self,
+        req: Request<PrepareSnapshotRequest>,
+    ) -> Result<Response<PrepareSnapshotResponse>, Status> {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
         let store = self.store.clone();
         let mounts = blocking(move || {
             let parent = Some(r.parent.as_str());
-            store.create(&ns, &r.snapshotter, &r.key, parent, Kind::Active, labels_in(r.labels), lease.as_deref())
+            store.create(
+                &ns,
+                &r.snapshotter,
+                NewSnapshot {
+                    key: &r.key,
+                    parent,
+                    kind: Kind::Active,
+                    labels: labels_in(r.labels),
+                    lease: lease.as_deref(),
+                },
+            )
         })
         .await?;
-        Ok(Response::new(PrepareSnapshotResponse { mounts: mounts.into_iter().map(mount_out).collect() }))
+        Ok(Response::new(PrepareSnapshotResponse {
+            mounts: mounts.into_iter().map(mount_out).collect(),
+        }))
     }
 
-    async fn view(&self, req: Request<ViewSnapshotRequest>) -> Result<Response<ViewSnapshotResponse>, Status> {
+    async fn view(
+        &self,
+        req: Request<ViewSnapshotRequest>,
+    ) -> Result<Response<ViewSnapshotResponse>, Status> {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
         let store = self.store.clone();
         let mounts = blocking(move || {
             let parent = Some(r.parent.as_str());
-            store.create(&ns, &r.snapshotter, &r.key, parent, Kind::View, labels_in(r.labels), lease.as_deref())
+            store.create(
+                &ns,
+                &r.snapshotter,
+                NewSnapshot {
+                    key: &r.key,
+                    parent,
+                    kind: Kind::View,
+                    labels: labels_in(r.labels),
+                    lease: lease.as_deref(),
+                },
+            )
         })
         .await?;
-        Ok(Response::new(ViewSnapshotResponse { mounts: mounts.into_iter().map(mount_out).collect() }))
+        Ok(Response::new(ViewSnapshotResponse {
+            mounts: mounts.into_iter().map(mount_out).collect(),
+        }))
     }
 
-    async fn mounts(&self, req: Request<MountsRequest>) -> Result<Response<MountsResponse>, Status> {
+    async fn mounts(
+        &self,
+        req: Request<MountsRequest>,
+    ) -> Result<Response<MountsResponse>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let store = self.store.clone();
         let mounts = blocking(move || store.mounts(&ns, &r.snapshotter, &r.key)).await?;
-        Ok(Response::new(MountsResponse { mounts: mounts.into_iter().map(mount_out).collect() }))
+        Ok(Response::new(MountsResponse {
+            mounts: mounts.into_iter().map(mount_out).collect(),
+        }))
     }
 
     async fn commit(&self, req: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
         let store = self.store.clone();
-        blocking(move || store.commit(&ns, &r.snapshotter, &r.name, &r.key, labels_in(r.labels), lease.as_deref())).await?;
+        blocking(move || {
+            store.commit(
+                &ns,
+                &r.snapshotter,
+                &r.name,
+                &r.key,
+                labels_in(r.labels),
+                lease.as_deref(),
+            )
+        })
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -106,27 +162,51 @@ impl snapshots_server::Snapshots for SnapshotsService {
         Ok(Response::new(()))
     }
 
-    async fn stat(&self, req: Request<StatSnapshotRequest>) -> Result<Response<StatSnapshotResponse>, Status> {
+    async fn stat(
+        &self,
+        req: Request<StatSnapshotRequest>,
+    ) -> Result<Response<StatSnapshotResponse>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let store = self.store.clone();
         let i = blocking(move || store.stat(&ns, &r.snapshotter, &r.key)).await?;
-        Ok(Response::new(StatSnapshotResponse { info: Some(info_pb(i)) }))
+        Ok(Response::new(StatSnapshotResponse {
+            info: Some(info_pb(i)),
+        }))
     }
 
-    async fn update(&self, req: Request<UpdateSnapshotRequest>) -> Result<Response<UpdateSnapshotResponse>, Status> {
+    async fn update(
+        &self,
+        req: Request<UpdateSnapshotRequest>,
+    ) -> Result<Response<UpdateSnapshotResponse>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let info = r.info.ok_or_else(|| Status::invalid_argument("update needs info"))?;
+        let info = r
+            .info
+            .ok_or_else(|| Status::invalid_argument("update needs info"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let store = self.store.clone();
-        let i = blocking(move || store.update(&ns, &r.snapshotter, &info.name, &labels_in(info.labels), &paths)).await?;
-        Ok(Response::new(UpdateSnapshotResponse { info: Some(info_pb(i)) }))
+        let i = blocking(move || {
+            store.update(
+                &ns,
+                &r.snapshotter,
+                &info.name,
+                &labels_in(info.labels),
+                &paths,
+            )
+        })
+        .await?;
+        Ok(Response::new(UpdateSnapshotResponse {
+            info: Some(info_pb(i)),
+        }))
     }
 
     type ListStream = BoxStream<ListSnapshotsResponse>;
 
-    async fn list(&self, req: Request<ListSnapshotsRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        req: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let f = Filter::parse_all(&r.filters).map_err(to_status)?;
@@ -134,7 +214,11 @@ impl snapshots_server::Snapshots for SnapshotsService {
         let all = blocking(move || store.list(&ns, &r.snapshotter, &f)).await?;
         let batches: Vec<Result<ListSnapshotsResponse, Status>> = all
             .chunks(100)
-            .map(|c| Ok(ListSnapshotsResponse { info: c.iter().cloned().map(info_pb).collect() }))
+            .map(|c| {
+                Ok(ListSnapshotsResponse {
+                    info: c.iter().cloned().map(info_pb).collect(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
     }
@@ -144,7 +228,10 @@ impl snapshots_server::Snapshots for SnapshotsService {
         let r = req.into_inner();
         let store = self.store.clone();
         let u = blocking(move || store.usage(&ns, &r.snapshotter, &r.key)).await?;
-        Ok(Response::new(UsageResponse { size: u.size, inodes: u.inodes }))
+        Ok(Response::new(UsageResponse {
+            size: u.size,
+            inodes: u.inodes,
+        }))
     }
 
     async fn cleanup(&self, req: Request<CleanupRequest>) -> Result<Response<()>, Status> {

@@ -29,21 +29,29 @@ pub fn to_status(e: Error) -> Status {
 
 /// The namespace a request is for, from the `containerd-namespace` header.
 pub fn namespace<T>(req: &Request<T>) -> Result<Namespace, Status> {
-    let v = req
-        .metadata()
-        .get(NAMESPACE_HEADER)
-        .ok_or_else(|| Status::failed_precondition("namespace is required: set the containerd-namespace header"))?;
-    let s = v.to_str().map_err(|_| Status::invalid_argument("containerd-namespace header is not text"))?;
+    let v = req.metadata().get(NAMESPACE_HEADER).ok_or_else(|| {
+        Status::failed_precondition("namespace is required: set the containerd-namespace header")
+    })?;
+    let s = v
+        .to_str()
+        .map_err(|_| Status::invalid_argument("containerd-namespace header is not text"))?;
     Namespace::new(s).map_err(to_status)
 }
 
 /// The lease a request works under, from the `containerd-lease` header.
 pub fn lease<T>(req: &Request<T>) -> Option<String> {
-    req.metadata().get(LEASE_HEADER).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()).map(str::to_owned)
+    req.metadata()
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 pub fn timestamp(t: Timestamp) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: t.0.div_euclid(1_000_000_000), nanos: t.0.rem_euclid(1_000_000_000) as i32 })
+    Some(prost_types::Timestamp {
+        seconds: t.0.div_euclid(1_000_000_000),
+        nanos: t.0.rem_euclid(1_000_000_000) as i32,
+    })
 }
 
 pub fn labels_in(l: HashMap<String, String>) -> Labels {
@@ -55,7 +63,9 @@ pub fn labels_out(l: Labels) -> HashMap<String, String> {
 }
 
 /// Runs blocking core work (disk, database commits) off the async reactor.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> berth_core::Result<T> + Send + 'static) -> Result<T, Status> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> berth_core::Result<T> + Send + 'static,
+) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
@@ -75,7 +85,10 @@ mod tests {
         let cases = [
             (Error::NotFound("x".into()), Code::NotFound),
             (Error::AlreadyExists("x".into()), Code::AlreadyExists),
-            (Error::FailedPrecondition("x".into()), Code::FailedPrecondition),
+            (
+                Error::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
             (Error::InvalidArgument("x".into()), Code::InvalidArgument),
             (Error::Unavailable("x".into()), Code::Unavailable),
             (Error::OutOfRange("x".into()), Code::OutOfRange),
@@ -85,18 +98,27 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(to_status(e).code(), code);
         }
-        let nf = Error::Io { op: "open", path: "/x".into(), source: std::io::ErrorKind::NotFound.into() };
+        let nf = Error::Io {
+            op: "open",
+            path: "/x".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
         assert_eq!(to_status(nf).code(), Code::NotFound);
     }
 
     #[test]
     fn namespace_header_is_required_and_validated() {
         let req = Request::new(());
-        assert_eq!(namespace(&req).unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(
+            namespace(&req).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
         let mut req = Request::new(());
-        req.metadata_mut().insert(NAMESPACE_HEADER, "bad/name".parse().unwrap());
+        req.metadata_mut()
+            .insert(NAMESPACE_HEADER, "bad/name".parse().unwrap());
         assert_eq!(namespace(&req).unwrap_err().code(), Code::InvalidArgument);
-        req.metadata_mut().insert(NAMESPACE_HEADER, "default".parse().unwrap());
+        req.metadata_mut()
+            .insert(NAMESPACE_HEADER, "default".parse().unwrap());
         assert_eq!(namespace(&req).unwrap().as_str(), "default");
     }
 }

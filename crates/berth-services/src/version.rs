@@ -12,7 +12,9 @@ impl Version for VersionService {
     async fn version(&self, _req: Request<()>) -> Result<Response<VersionResponse>, Status> {
         Ok(Response::new(VersionResponse {
             version: format!("v{}-berth", env!("CARGO_PKG_VERSION")),
-            revision: option_env!("BERTH_REVISION").unwrap_or("unknown").to_owned(),
+            revision: option_env!("BERTH_REVISION")
+                .unwrap_or("unknown")
+                .to_owned(),
         }))
     }
 }

@@ -15,8 +15,9 @@ use berth_core::namespaces::Namespaces;
 use berth_core::snapshot::{Backend, Native, Overlay, Snapshots};
 use berth_services::server::{
     content_server::ContentServer, diff_server::DiffServer, images_server::ImagesServer,
-    introspection_server::IntrospectionServer, leases_server::LeasesServer, namespaces_server::NamespacesServer,
-    snapshots_server::SnapshotsServer, version_server::VersionServer,
+    introspection_server::IntrospectionServer, leases_server::LeasesServer,
+    namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
+    version_server::VersionServer,
 };
 use clap::Parser;
 use serde::Deserialize;
@@ -24,7 +25,11 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 #[derive(Parser, Debug)]
-#[command(name = "berthd", version, about = "berth container runtime daemon (containerd API v1)")]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth container runtime daemon (containerd API v1)"
+)]
 struct Args {
     /// Directory for durable state: content, snapshots, metadata.
     #[arg(long)]
@@ -65,16 +70,29 @@ struct Settings {
 fn settings(args: Args) -> Result<Settings> {
     let cfg: Config = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("read config {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("read config {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parse config {}", p.display()))?
         }
         None => Config::default(),
     };
     Ok(Settings {
-        root: args.root.or(cfg.root).unwrap_or_else(|| "/var/lib/berth".into()),
-        state: args.state.or(cfg.state).unwrap_or_else(|| "/run/berth".into()),
-        address: args.address.or(cfg.address).unwrap_or_else(|| "/run/berth/berth.sock".into()),
-        log_level: args.log_level.or(cfg.log_level).unwrap_or_else(|| "info".into()),
+        root: args
+            .root
+            .or(cfg.root)
+            .unwrap_or_else(|| "/var/lib/berth".into()),
+        state: args
+            .state
+            .or(cfg.state)
+            .unwrap_or_else(|| "/run/berth".into()),
+        address: args
+            .address
+            .or(cfg.address)
+            .unwrap_or_else(|| "/run/berth/berth.sock".into()),
+        log_level: args
+            .log_level
+            .or(cfg.log_level)
+            .unwrap_or_else(|| "info".into()),
         gc_interval: Duration::from_secs(cfg.gc_interval_secs.unwrap_or(300)),
     })
 }
@@ -82,9 +100,18 @@ fn settings(args: Args) -> Result<Settings> {
 /// Holds an exclusive lock on `<root>/berthd.lock` for the life of the daemon.
 fn lock_root(root: &Path) -> Result<std::fs::File> {
     let p = root.join("berthd.lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).with_context(|| format!("open {}", p.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("open {}", p.display()))?;
     if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        bail!("another berthd is already running with root {} (lock {} is held)", root.display(), p.display());
+        bail!(
+            "another berthd is already running with root {} (lock {} is held)",
+            root.display(),
+            p.display()
+        );
     }
     Ok(f)
 }
@@ -99,8 +126,10 @@ fn listen(address: &Path) -> Result<UnixListener> {
         }
         _ => {}
     }
-    let l = UnixListener::bind(address).with_context(|| format!("listen on {}", address.display()))?;
-    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod {}", address.display()))?;
+    let l =
+        UnixListener::bind(address).with_context(|| format!("listen on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", address.display()))?;
     Ok(l)
 }
 
@@ -108,7 +137,9 @@ fn listen(address: &Path) -> Result<UnixListener> {
 async fn main() -> Result<()> {
     let s = settings(Args::parse())?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&s.log_level).context("bad --log-level")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&s.log_level).context("bad --log-level")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     for d in [&s.root, &s.state] {
@@ -121,22 +152,33 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&meta_dir)?;
     let meta = Arc::new(MetaStore::open(&meta_dir.join("meta.redb")).context("open metadata")?);
     let gc_lock = Arc::new(RwLock::new(()));
-    let blobs = BlobStore::open(&s.root.join("io.containerd.content.v1.content")).context("open content store")?;
+    let blobs = BlobStore::open(&s.root.join("io.containerd.content.v1.content"))
+        .context("open content store")?;
     let content = Arc::new(ContentStore::new(blobs, meta.clone(), gc_lock.clone()));
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     match Overlay::open(&s.root.join("io.containerd.snapshotter.v1.overlayfs")) {
         Ok(o) => backends.push(Arc::new(o)),
         Err(e) => tracing::warn!("overlayfs snapshotter unavailable: {e}"),
     }
-    backends.push(Arc::new(Native::open(&s.root.join("io.containerd.snapshotter.v1.native")).context("open native snapshotter")?));
+    backends.push(Arc::new(
+        Native::open(&s.root.join("io.containerd.snapshotter.v1.native"))
+            .context("open native snapshotter")?,
+    ));
     let snapshots = Arc::new(Snapshots::new(meta.clone(), backends, gc_lock.clone()));
     let snapshotter_names: Vec<&'static str> = snapshots.names().collect();
     let gc = Scheduler::spawn(
-        Collector { meta: meta.clone(), content: content.clone(), snapshots: snapshots.clone(), gc_lock: gc_lock.clone() },
+        Collector {
+            meta: meta.clone(),
+            content: content.clone(),
+            snapshots: snapshots.clone(),
+            gc_lock: gc_lock.clone(),
+        },
         s.gc_interval,
     );
     gc.schedule(); // reconcile what a crash may have left: stale dirs, unreferenced blobs
-    let uuid = meta.stable_value("server-uuid", || uuid::Uuid::new_v4().to_string()).context("server uuid")?;
+    let uuid = meta
+        .stable_value("server-uuid", || uuid::Uuid::new_v4().to_string())
+        .context("server uuid")?;
 
     let incoming = UnixListenerStream::new(listen(&s.address)?);
     tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
@@ -147,12 +189,32 @@ async fn main() -> Result<()> {
             store: Arc::new(Namespaces::new(meta.clone(), snapshotter_names.clone())),
             gc: gc.clone(),
         }))
-        .add_service(IntrospectionServer::new(introspection::IntrospectionService::new(uuid, &snapshotter_names)))
-        .add_service(ContentServer::new(content::ContentService { store: content.clone(), gc: gc.clone() }).max_decoding_message_size(64 << 20))
-        .add_service(ImagesServer::new(images::ImagesService { store: Arc::new(Images::new(meta.clone())), gc: gc.clone() }))
-        .add_service(LeasesServer::new(leases::LeasesService { meta: meta.clone(), gc: gc.clone() }))
-        .add_service(SnapshotsServer::new(snapshots::SnapshotsService { store: snapshots.clone(), gc: gc.clone() }))
-        .add_service(DiffServer::new(diff::DiffService { content: content.clone(), scratch: s.state.join("tmpmounts") }))
+        .add_service(IntrospectionServer::new(
+            introspection::IntrospectionService::new(uuid, &snapshotter_names),
+        ))
+        .add_service(
+            ContentServer::new(content::ContentService {
+                store: content.clone(),
+                gc: gc.clone(),
+            })
+            .max_decoding_message_size(64 << 20),
+        )
+        .add_service(ImagesServer::new(images::ImagesService {
+            store: Arc::new(Images::new(meta.clone())),
+            gc: gc.clone(),
+        }))
+        .add_service(LeasesServer::new(leases::LeasesService {
+            meta: meta.clone(),
+            gc: gc.clone(),
+        }))
+        .add_service(SnapshotsServer::new(snapshots::SnapshotsService {
+            store: snapshots.clone(),
+            gc: gc.clone(),
+        }))
+        .add_service(DiffServer::new(diff::DiffService {
+            content: content.clone(),
+            scratch: s.state.join("tmpmounts"),
+        }))
         .serve_with_incoming_shutdown(incoming, shutdown())
         .await
         .context("serve")?;

@@ -17,7 +17,9 @@ impl Native {
     pub fn open(root: &Path) -> Result<Self> {
         let snaps = root.join("snapshots");
         fs::create_dir_all(&snaps).map_err(Error::io("create", &snaps))?;
-        Ok(Native { root: root.to_owned() })
+        Ok(Native {
+            root: root.to_owned(),
+        })
     }
 
     pub fn fs_dir(&self, id: u64) -> PathBuf {

@@ -18,7 +18,9 @@ impl Overlay {
     pub fn open(root: &Path) -> Result<Self> {
         let snaps = root.join("snapshots");
         fs::create_dir_all(&snaps).map_err(Error::io("create", &snaps))?;
-        let o = Overlay { root: root.to_owned() };
+        let o = Overlay {
+            root: root.to_owned(),
+        };
         o.probe()?;
         Ok(o)
     }
@@ -36,12 +38,21 @@ impl Overlay {
             options: vec![
                 format!("workdir={}", base.join("work").display()),
                 format!("upperdir={}", base.join("upper").display()),
-                format!("lowerdir={}:{}", base.join("lower1").display(), base.join("lower2").display()),
+                format!(
+                    "lowerdir={}:{}",
+                    base.join("lower1").display(),
+                    base.join("lower2").display()
+                ),
             ],
         };
         let r = TempMount::new(&base, &[m]).map(drop);
         let _ = fs::remove_dir_all(&base);
-        r.map_err(|e| Error::FailedPrecondition(format!("overlayfs is not usable under {}: {e}", self.root.display())))
+        r.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "overlayfs is not usable under {}: {e}",
+                self.root.display()
+            ))
+        })
     }
 
     pub fn fs_dir(&self, id: u64) -> PathBuf {
@@ -49,7 +60,10 @@ impl Overlay {
     }
 
     fn work_dir(&self, id: u64) -> PathBuf {
-        self.root.join("snapshots").join(id.to_string()).join("work")
+        self.root
+            .join("snapshots")
+            .join(id.to_string())
+            .join("work")
     }
 }
 
@@ -71,7 +85,11 @@ impl Backend for Overlay {
             [] => vec![Mount::bind(&self.fs_dir(id), readonly)],
             [only] if readonly => vec![Mount::bind(&self.fs_dir(*only), true)],
             _ => {
-                let lower = parents.iter().map(|p| self.fs_dir(*p).display().to_string()).collect::<Vec<_>>().join(":");
+                let lower = parents
+                    .iter()
+                    .map(|p| self.fs_dir(*p).display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":");
                 let mut options = Vec::new();
                 if !readonly {
                     options.push("index=off".to_string());
@@ -79,7 +97,12 @@ impl Backend for Overlay {
                     options.push(format!("upperdir={}", self.fs_dir(id).display()));
                 }
                 options.push(format!("lowerdir={lower}"));
-                vec![Mount { kind: "overlay".into(), source: "overlay".into(), target: String::new(), options }]
+                vec![Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    target: String::new(),
+                    options,
+                }]
             }
         }
     }
