@@ -327,3 +327,89 @@ fn root_unknown_objects_and_bad_filters() {
         out_of(&out)
     );
 }
+
+/// Every path below `root` with its type, mode, owner, link target or content hash, and
+/// for hardlinked files the set of paths sharing the inode.
+fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut inodes: std::collections::HashMap<u64, Vec<String>> = Default::default();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            let what = if md.file_type().is_symlink() {
+                format!("link->{}", std::fs::read_link(&path).unwrap().display())
+            } else if md.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else {
+                inodes.entry(md.ino()).or_default().push(rel.clone());
+                format!("file:{}", sha256(&std::fs::read(&path).unwrap()))
+            };
+            out.insert(rel, format!("{what} mode={:o} owner={}:{}", md.mode() & 0o7777, md.uid(), md.gid()));
+        }
+    }
+    for mut group in inodes.into_values().filter(|g| g.len() > 1) {
+        group.sort();
+        out.insert(format!("hardlinks:{}", group[0]), group.join(","));
+    }
+    out
+}
+
+#[test]
+fn root_three_layer_image_unpacks_like_umoci() {
+    require("umoci");
+    let reg = Registry::start();
+    let mut l1 = busybox_layer();
+    l1.extend([
+        Entry::Dir("a", 0o755),
+        Entry::File("a/keep".into(), b"v1".to_vec(), 0o644),
+        Entry::File("a/gone".into(), b"bye".to_vec(), 0o644),
+        Entry::Dir("d", 0o750),
+        Entry::File("d/x".into(), b"x".to_vec(), 0o600),
+        Entry::Dir("o", 0o755),
+        Entry::File("o/lower".into(), b"lower".to_vec(), 0o644),
+    ]);
+    let l2 = vec![
+        Entry::Dir("a", 0o755),
+        Entry::Whiteout("a/gone"),
+        Entry::Whiteout("d"),
+        Entry::Dir("o", 0o711),
+        Entry::Opaque("o"),
+        Entry::File("o/new".into(), b"new".to_vec(), 0o640),
+        Entry::File("f".into(), b"linked".to_vec(), 0o604),
+        Entry::Hardlink("f-link", "f"),
+        Entry::Symlink("s", "a/keep"),
+    ];
+    let l3 = vec![Entry::Dir("a", 0o755), Entry::File("a/keep".into(), b"v3".to_vec(), 0o600), Entry::File("z".into(), b"z".to_vec(), 0o644)];
+    let img = OciImage::build(&[l1, l2, l3]);
+    let reference = img.push(&reg, "three");
+    let d = Berthd::start();
+    d.ctr_ok("default", &["images", "pull", "--plain-http", &reference]);
+    let snaps = d.ctr_ok("default", &["snapshots", "ls"]);
+    assert_eq!(snaps.lines().filter(|l| l.contains("Committed")).count(), 3, "{snaps}");
+
+    let target = d.dir.path().join("mnt");
+    std::fs::create_dir_all(&target).unwrap();
+    d.ctr_ok("default", &["images", "mount", &reference, target.to_str().unwrap()]);
+    let ours = tree(&target);
+    d.ctr_ok("default", &["images", "unmount", "--rm", target.to_str().unwrap()]);
+
+    let bundle = d.dir.path().join("umoci-bundle");
+    let out = std::process::Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", img.dir.path().display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci unpack: {}", out_of(&out));
+    let theirs = tree(&bundle.join("rootfs"));
+    assert_eq!(ours, theirs, "berth's unpack differs from umoci's");
+    assert_eq!(ours.get("a/keep").map(|s| s.starts_with(&format!("file:{}", sha256(b"v3")))), Some(true));
+    assert!(!ours.contains_key("a/gone") && !ours.contains_key("d") && !ours.contains_key("o/lower"));
+    assert!(ours.contains_key("hardlinks:f"), "{ours:?}");
+}
