@@ -3,7 +3,7 @@
 # real peers (ctr/containerd, runc, crun, docker-registry), busybox for test images,
 # umoci and skopeo for building and comparing images, CNI plugins.
 set -euo pipefail
-pkgs=(protobuf-compiler containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins)
+pkgs=(protobuf-compiler bc containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

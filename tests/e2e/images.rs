@@ -339,7 +339,11 @@ fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
         for e in std::fs::read_dir(&p).unwrap() {
             let e = e.unwrap();
             let path = e.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let md = std::fs::symlink_metadata(&path).unwrap();
             let what = if md.file_type().is_symlink() {
                 format!("link->{}", std::fs::read_link(&path).unwrap().display())
@@ -350,7 +354,15 @@ fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
                 inodes.entry(md.ino()).or_default().push(rel.clone());
                 format!("file:{}", sha256(&std::fs::read(&path).unwrap()))
             };
-            out.insert(rel, format!("{what} mode={:o} owner={}:{}", md.mode() & 0o7777, md.uid(), md.gid()));
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode={:o} owner={}:{}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid()
+                ),
+            );
         }
     }
     for mut group in inodes.into_values().filter(|g| g.len() > 1) {
@@ -385,19 +397,33 @@ fn root_three_layer_image_unpacks_like_umoci() {
         Entry::Hardlink("f-link", "f"),
         Entry::Symlink("s", "a/keep"),
     ];
-    let l3 = vec![Entry::Dir("a", 0o755), Entry::File("a/keep".into(), b"v3".to_vec(), 0o600), Entry::File("z".into(), b"z".to_vec(), 0o644)];
+    let l3 = vec![
+        Entry::Dir("a", 0o755),
+        Entry::File("a/keep".into(), b"v3".to_vec(), 0o600),
+        Entry::File("z".into(), b"z".to_vec(), 0o644),
+    ];
     let img = OciImage::build(&[l1, l2, l3]);
     let reference = img.push(&reg, "three");
     let d = Berthd::start();
     d.ctr_ok("default", &["images", "pull", "--plain-http", &reference]);
     let snaps = d.ctr_ok("default", &["snapshots", "ls"]);
-    assert_eq!(snaps.lines().filter(|l| l.contains("Committed")).count(), 3, "{snaps}");
+    assert_eq!(
+        snaps.lines().filter(|l| l.contains("Committed")).count(),
+        3,
+        "{snaps}"
+    );
 
     let target = d.dir.path().join("mnt");
     std::fs::create_dir_all(&target).unwrap();
-    d.ctr_ok("default", &["images", "mount", &reference, target.to_str().unwrap()]);
+    d.ctr_ok(
+        "default",
+        &["images", "mount", &reference, target.to_str().unwrap()],
+    );
     let ours = tree(&target);
-    d.ctr_ok("default", &["images", "unmount", "--rm", target.to_str().unwrap()]);
+    d.ctr_ok(
+        "default",
+        &["images", "unmount", "--rm", target.to_str().unwrap()],
+    );
 
     let bundle = d.dir.path().join("umoci-bundle");
     let out = std::process::Command::new("umoci")
@@ -409,7 +435,79 @@ fn root_three_layer_image_unpacks_like_umoci() {
     assert!(out.status.success(), "umoci unpack: {}", out_of(&out));
     let theirs = tree(&bundle.join("rootfs"));
     assert_eq!(ours, theirs, "berth's unpack differs from umoci's");
-    assert_eq!(ours.get("a/keep").map(|s| s.starts_with(&format!("file:{}", sha256(b"v3")))), Some(true));
-    assert!(!ours.contains_key("a/gone") && !ours.contains_key("d") && !ours.contains_key("o/lower"));
+    assert_eq!(
+        ours.get("a/keep")
+            .map(|s| s.starts_with(&format!("file:{}", sha256(b"v3")))),
+        Some(true)
+    );
+    assert!(
+        !ours.contains_key("a/gone") && !ours.contains_key("d") && !ours.contains_key("o/lower")
+    );
     assert!(ours.contains_key("hardlinks:f"), "{ours:?}");
+}
+
+#[test]
+fn root_sigkill_mid_pull_leaves_no_partial_blob_and_retry_completes() {
+    let reg = Registry::start();
+    // A 64 MiB incompressible layer, so the pull is still streaming when berthd dies.
+    let mut big = vec![0u8; 64 << 20];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for chunk in big.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    let img = OciImage::build(&[
+        busybox_layer(),
+        vec![Entry::File("big.bin".into(), big, 0o644)],
+    ]);
+    let reference = img.push(&reg, "big");
+    let mut d = Berthd::start();
+    let ingest = d.root.join("io.containerd.content.v1.content/ingest");
+    let mut pull = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&d.socket)
+        .args(["images", "pull", "--plain-http", &reference])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill berthd once some ingest holds data.
+    let start = std::time::Instant::now();
+    let partial = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::metadata(e.path().join("data"))
+                    .map(|m| m.len() > 0)
+                    .unwrap_or(false)
+            })
+    };
+    while !partial(&ingest) && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    d.kill();
+    let _ = pull.wait();
+    d.spawn();
+    // Nothing is visible under a digest it does not match.
+    let blobs = d.root.join("io.containerd.content.v1.content/blobs/sha256");
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        let data = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha256(&data),
+            format!("sha256:{}", e.file_name().to_string_lossy()),
+            "a blob does not match its digest"
+        );
+    }
+    let listed = d.ctr_ok("default", &["content", "ls", "-q"]);
+    for dg in listed.split_whitespace() {
+        assert!(blobs.join(&dg[7..]).exists(), "{dg} listed but not on disk");
+    }
+    d.ctr_ok("default", &["images", "pull", "--plain-http", &reference]);
+    let check = d.ctr_ok("default", &["images", "check"]);
+    assert!(check.contains("complete (3/3)"), "{check}");
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Pull-and-unpack benchmark: a three-layer ~300 MB image (half incompressible) from a
+# loopback docker-registry, driven by Debian's ctr against berthd and against Debian's
+# containerd 1.6, alternating in one run. Daemon roots live on tmpfs, so the VM's noisy
+# disk does not decide the result. Prints per-run times, medians, the ratio, and the idle
+# RSS of both daemons. Usage: bash bench/pull.sh [RUNS]   (needs root; run install-deps first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+cargo build --release --locked -p berthd >/dev/null
+berthd_bin=$PWD/target/release/berthd
+work=/tmp/berth-bench
+cleanup() {
+  set +e
+  [[ -n "${b_pid:-}" ]] && kill "$b_pid" && wait "$b_pid"
+  [[ -n "${c_pid:-}" ]] && kill "$c_pid" && wait "$c_pid"
+  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid"
+  grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
+  umount -l "$work" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work" && mount -t tmpfs -o size=6g tmpfs "$work"
+mkdir -p "$work/img"
+
+# Build the image: layer 1 random (incompressible), layer 2 text (compressible), layer 3 half and half.
+mk() { mkdir -p "$work/img/$1"; }
+mk l1 && head -c 100M /dev/urandom > "$work/img/l1/random.bin"
+mk l2 && yes "berth benchmark line of compressible text 0123456789" | head -c 100M > "$work/img/l2/text.txt"
+mk l3 && head -c 50M /dev/urandom > "$work/img/l3/random.bin" && yes "more text for the third layer" | head -c 50M > "$work/img/l3/text.txt"
+umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
+for l in l1 l2 l3; do umoci insert --image "$work/oci:latest" "$work/img/$l" "/$l" >/dev/null; done
+rm -rf "$work/img"
+
+port=5199
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" > "$work/registry.yml"
+docker-registry serve "$work/registry.yml" & reg_pid=$!
+for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+ref=127.0.0.1:$port/bench/three:latest
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$ref"
+rm -rf "$work/oci"
+
+"$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & b_pid=$!
+cat > "$work/containerd.toml" <<CFG
+version = 2
+root = "$work/containerd/root"
+state = "$work/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$work/containerd.sock"
+CFG
+containerd --config "$work/containerd.toml" --log-level warn 2>"$work/containerd.log" & c_pid=$!
+for s in berth.sock containerd.sock; do for _ in $(seq 100); do [[ -S $work/$s ]] && break; sleep 0.1; done; done
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+b_idle0=$(rss $b_pid); c_idle0=$(rss $c_pid)
+
+pull() { # socket -> seconds
+  local t0 t1
+  t0=$(date +%s.%N)
+  ctr -a "$1" images pull --plain-http "$ref" >/dev/null
+  t1=$(date +%s.%N)
+  ctr -a "$1" images rm --sync "$ref" >/dev/null
+  echo "$t1 - $t0" | bc -l
+}
+b_times=(); c_times=()
+for i in $(seq "$runs"); do
+  b=$(pull "$work/berth.sock"); c=$(pull "$work/containerd.sock")
+  b_times+=("$b"); c_times+=("$c")
+  printf 'run %d: berthd %.3fs  containerd %.3fs\n' "$i" "$b" "$c"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+bm=$(median "${b_times[@]}"); cm=$(median "${c_times[@]}")
+sleep 2
+b_idle=$(rss $b_pid); c_idle=$(rss $c_pid)
+printf '\npull+unpack of %s (3 layers, ~300 MB, half incompressible), %d runs each, alternating\n' "$ref" "$runs"
+printf 'median: berthd %.3fs  containerd %.3fs  ratio berth/containerd %.2f (speed-up %.2fx)\n' "$bm" "$cm" "$(echo "$bm / $cm" | bc -l)" "$(echo "$cm / $bm" | bc -l)"
+printf 'idle RSS at start: berthd %d KiB  containerd %d KiB  ratio %.2f\n' "$b_idle0" "$c_idle0" "$(echo "$b_idle0 / $c_idle0" | bc -l)"
+printf 'idle RSS after pulls: berthd %d KiB  containerd %d KiB  ratio %.2f\n' "$b_idle" "$c_idle" "$(echo "$b_idle / $c_idle" | bc -l)"
