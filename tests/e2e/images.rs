@@ -511,3 +511,81 @@ fn root_sigkill_mid_pull_leaves_no_partial_blob_and_retry_completes() {
     let check = d.ctr_ok("default", &["images", "check"]);
     assert!(check.contains("complete (3/3)"), "{check}");
 }
+
+#[test]
+fn root_snapshot_diff_creates_a_layer_with_whiteouts() {
+    let reg = Registry::start();
+    let data = vec![
+        Entry::Dir("data", 0o755),
+        Entry::File("data/old".into(), b"old".to_vec(), 0o644),
+    ];
+    let (d, img, _reference) = pulled(&reg, &[busybox_layer(), data], "busybox");
+    // The chain id of the top layer names its committed snapshot.
+    let snaps = d.ctr_ok("default", &["snapshots", "ls"]);
+    let top = snaps
+        .lines()
+        .find(|l| {
+            l.contains("Committed")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|p| p.starts_with("sha256:"))
+        })
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no committed child snapshot: {snaps}"))
+        .to_owned();
+    d.ctr_ok("default", &["snapshots", "prepare", "work", &top]);
+    let target = d.dir.path().join("work");
+    std::fs::create_dir_all(&target).unwrap();
+    let mounts = d.ctr_ok(
+        "default",
+        &["snapshots", "mounts", target.to_str().unwrap(), "work"],
+    );
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&mounts)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount: {mounts}");
+    std::fs::write(target.join("data/new"), "new").unwrap();
+    std::fs::remove_file(target.join("data/old")).unwrap();
+    let st = std::process::Command::new("umount")
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // ctr writes the new layer blob itself to stdout.
+    let out = d.ctr("default", &["snapshots", "diff", "--keep", "work"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = sha256(&out.stdout);
+    let info = d.ctr_ok("default", &["content", "ls"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with(&digest) && l.contains("containerd.io/uncompressed")),
+        "{info}"
+    );
+    let blob = std::fs::read(
+        d.root
+            .join("io.containerd.content.v1.content/blobs/sha256")
+            .join(&digest[7..]),
+    )
+    .unwrap();
+    let mut names = Vec::new();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+    for e in a.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(
+        names.contains(&"data/new".to_string()) && names.contains(&"data/.wh.old".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("bin")),
+        "unchanged files in the diff: {names:?}"
+    );
+    let _ = img;
+}

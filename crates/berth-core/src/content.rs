@@ -329,6 +329,17 @@ impl Writer {
     }
 }
 
+/// Lets a compressor or tar builder stream straight into an ingest.
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Writer::write(self, buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn hash_prefix(f: &mut File, len: u64) -> io::Result<Hasher> {
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

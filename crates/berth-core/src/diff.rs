@@ -91,3 +91,175 @@ pub fn apply(
         other => other,
     })
 }
+
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// What `create` made: the layer blob and the digest of its uncompressed tar.
+pub struct Created {
+    pub digest: Digest,
+    pub size: i64,
+    pub media_type: String,
+    pub uncompressed: Digest,
+}
+
+fn readonly(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.options.retain(|o| o != "rw");
+            if !m.is_readonly() {
+                m.options.push("ro".into());
+            }
+            m
+        })
+        .collect()
+}
+
+/// Writes the changes from `lower` to `upper` as a layer into the content store, labelled
+/// `containerd.io/uncompressed` with the tar's digest. `lower` may be empty (a base layer).
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    content: &ContentStore,
+    ns: &Namespace,
+    lower: &[Mount],
+    upper: &[Mount],
+    media_type: &str,
+    r: &str,
+    mut labels: crate::metadata::Labels,
+    lease: Option<&str>,
+    scratch: &Path,
+) -> Result<Created> {
+    let media_type = if media_type.is_empty() {
+        MEDIA_TYPE_LAYER_GZIP
+    } else {
+        media_type
+    };
+    if ![
+        MEDIA_TYPE_LAYER,
+        MEDIA_TYPE_LAYER_GZIP,
+        MEDIA_TYPE_LAYER_ZSTD,
+    ]
+    .contains(&media_type)
+    {
+        return Err(Error::Unsupported(format!(
+            "unsupported diff media type {media_type:?}"
+        )));
+    }
+    if upper.is_empty() {
+        return Err(Error::InvalidArgument(
+            "diff needs the mounts of the upper (right) tree".into(),
+        ));
+    }
+    let r = if r.is_empty() {
+        format!("diff-{}", uuid::Uuid::new_v4().simple())
+    } else {
+        r.to_owned()
+    };
+    let empty;
+    let lower_dir: Option<TempMount> = if lower.is_empty() {
+        None
+    } else {
+        Some(TempMount::new(scratch, &readonly(lower))?)
+    };
+    let upper_dir = TempMount::new(scratch, &readonly(upper))?;
+    let lower_path = match &lower_dir {
+        Some(m) => m.path(),
+        None => {
+            empty = tempfile_dir(scratch)?;
+            empty.as_path()
+        }
+    };
+    let writer = content.writer(ns, &r, 0, None, lease)?;
+    let diff =
+        crate::differ::DiffWriter::new(upper_dir.path(), Compressor::new(media_type, writer)?);
+    let result = diff.write_changes(lower_path);
+    if lower_dir.is_none() {
+        let _ = std::fs::remove_dir(lower_path);
+    }
+    let (compressor, uncompressed, _) = result?;
+    let writer = compressor.finish()?;
+    labels.insert(
+        crate::labels::UNCOMPRESSED.to_owned(),
+        uncompressed.to_string(),
+    );
+    let size = writer.offset() as i64;
+    let digest = match content.commit(writer, 0, None, &labels, lease) {
+        Ok(d) => d,
+        Err(Error::AlreadyExists(_)) => {
+            // The same layer was made before: it is committed; make sure it carries the label.
+            let existing = content.list(
+                ns,
+                &crate::filters::Filter::parse_all(&[format!(
+                    "labels.\"{}\"=={uncompressed}",
+                    crate::labels::UNCOMPRESSED
+                )])?,
+            )?;
+            existing
+                .into_iter()
+                .map(|i| i.digest)
+                .next()
+                .ok_or_else(|| Error::NotFound(format!("committed diff of ref {r:?}")))?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Created {
+        digest,
+        size,
+        media_type: media_type.to_owned(),
+        uncompressed,
+    })
+}
+
+fn tempfile_dir(scratch: &Path) -> Result<PathBuf> {
+    let p = scratch.join(format!("empty-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&p).map_err(Error::io("create", &p))?;
+    Ok(p)
+}
+
+enum Compressor {
+    Plain(crate::content::Writer),
+    Gzip(flate2::write::GzEncoder<crate::content::Writer>),
+    Zstd(zstd::stream::write::Encoder<'static, crate::content::Writer>),
+}
+
+impl Compressor {
+    fn new(media_type: &str, w: crate::content::Writer) -> Result<Self> {
+        Ok(match media_type {
+            MEDIA_TYPE_LAYER_GZIP => Compressor::Gzip(flate2::write::GzEncoder::new(
+                w,
+                flate2::Compression::fast(),
+            )),
+            MEDIA_TYPE_LAYER_ZSTD => Compressor::Zstd(
+                zstd::stream::write::Encoder::new(w, 3).map_err(Error::io("zstd", "layer"))?,
+            ),
+            _ => Compressor::Plain(w),
+        })
+    }
+
+    fn finish(self) -> Result<crate::content::Writer> {
+        match self {
+            Compressor::Plain(w) => Ok(w),
+            Compressor::Gzip(g) => g.finish().map_err(Error::io("gzip", "layer")),
+            Compressor::Zstd(z) => z.finish().map_err(Error::io("zstd", "layer")),
+        }
+    }
+}
+
+impl std::io::Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Compressor::Plain(w) => std::io::Write::write(w, buf),
+            Compressor::Gzip(g) => g.write(buf),
+            Compressor::Zstd(z) => z.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Compressor::Plain(w) => std::io::Write::flush(w),
+            Compressor::Gzip(g) => g.flush(),
+            Compressor::Zstd(z) => z.flush(),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod content;
 pub mod diff;
+pub mod differ;
 pub mod digest;
 pub mod error;
 pub mod filters;

@@ -1,5 +1,5 @@
-//! containerd.services.diff.v1: applying layers onto snapshot mounts. Creating a layer
-//! from two mounts (`Diff`) is not built yet and answers Unimplemented saying so.
+//! containerd.services.diff.v1: applying layers onto snapshot mounts, and creating a
+//! layer from the difference of two mounts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::api::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
 use crate::server::diff_server;
 use crate::snapshots::mount_in;
-use crate::status::{blocking, digest, namespace};
+use crate::status::{blocking, digest, labels_in, lease, namespace};
 use crate::types::Descriptor;
 
 pub struct DiffService {
@@ -44,9 +44,34 @@ impl diff_server::Diff for DiffService {
         }))
     }
 
-    async fn diff(&self, _req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
-        Err(Status::unimplemented(
-            "berthd does not create layers from mounts (Diff) yet",
-        ))
+    async fn diff(&self, req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let (ns, lease) = (namespace(&req)?, lease(&req));
+        let r = req.into_inner();
+        let left: Vec<_> = r.left.into_iter().map(mount_in).collect();
+        let right: Vec<_> = r.right.into_iter().map(mount_in).collect();
+        let (content, scratch) = (self.content.clone(), self.scratch.clone());
+        let labels = labels_in(r.labels);
+        let c = blocking(move || {
+            diff::create(
+                &content,
+                &ns,
+                &left,
+                &right,
+                &r.media_type,
+                &r.r#ref,
+                labels,
+                lease.as_deref(),
+                &scratch,
+            )
+        })
+        .await?;
+        Ok(Response::new(DiffResponse {
+            diff: Some(Descriptor {
+                media_type: c.media_type,
+                digest: c.digest.to_string(),
+                size: c.size,
+                annotations: Default::default(),
+            }),
+        }))
     }
 }
