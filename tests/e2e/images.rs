@@ -589,3 +589,130 @@ fn root_snapshot_diff_creates_a_layer_with_whiteouts() {
     );
     let _ = img;
 }
+
+#[test]
+fn root_write_resumes_from_offset_after_client_disconnects() {
+    use containerd_client::services::v1::content_client::ContentClient;
+    use containerd_client::services::v1::{StatusRequest, WriteAction, WriteContentRequest};
+    use containerd_client::tonic::Request;
+
+    let d = Berthd::start();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let expected = sha256(&data);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        macro_rules! ns {
+            ($r:expr) => {
+                containerd_client::with_namespace!($r, "default")
+            };
+        }
+        let channel = containerd_client::connect(&d.socket).await.unwrap();
+        let mut client = ContentClient::new(channel.clone());
+        let msg = |action: WriteAction, offset: usize, chunk: &[u8]| WriteContentRequest {
+            action: action as i32,
+            r#ref: "resume-me".into(),
+            total: data.len() as i64,
+            expected: expected.clone(),
+            offset: offset as i64,
+            data: chunk.to_vec(),
+            labels: Default::default(),
+        };
+        // First client: writes 1 MB and vanishes without committing.
+        {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut resp = client
+                .write(ns!(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await
+                .unwrap()
+                .into_inner();
+            tx.send(msg(WriteAction::Stat, 0, &[])).await.unwrap();
+            assert_eq!(resp.message().await.unwrap().unwrap().offset, 0);
+            tx.send(msg(WriteAction::Write, 0, &data[..1_000_000]))
+                .await
+                .unwrap();
+            assert_eq!(resp.message().await.unwrap().unwrap().offset, 1_000_000);
+            drop(tx);
+            drop(resp);
+        }
+        // The ingest keeps its bytes (the writer lock is released as the stream ends).
+        let mut offset = 0;
+        for _ in 0..100 {
+            match client
+                .status(ns!(StatusRequest {
+                    r#ref: "resume-me".into()
+                }))
+                .await
+            {
+                Ok(s) => {
+                    offset = s.into_inner().status.unwrap().offset;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        assert_eq!(offset, 1_000_000);
+        // Second client: STAT tells it where to go on, a wrong offset is refused, then it finishes.
+        // Like ctr, retry while the old stream still holds the ref (Unavailable).
+        let mut attempt = 0;
+        let (tx, mut resp, st) = loop {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut resp = client
+                .write(ns!(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await
+                .unwrap()
+                .into_inner();
+            tx.send(msg(WriteAction::Stat, 0, &[])).await.unwrap();
+            match resp.message().await {
+                Ok(Some(st)) => break (tx, resp, st),
+                Err(e)
+                    if e.code() == containerd_client::tonic::Code::Unavailable && attempt < 50 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => panic!("reopen: {other:?}"),
+            }
+        };
+        assert_eq!(st.offset, 1_000_000);
+        tx.send(msg(WriteAction::Write, 1_000_000, &data[1_000_000..]))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.message().await.unwrap().unwrap().offset,
+            data.len() as i64
+        );
+        tx.send(msg(WriteAction::Commit, data.len(), &[]))
+            .await
+            .unwrap();
+        let done = resp.message().await.unwrap().unwrap();
+        assert_eq!(done.digest, expected);
+
+        // Writing at an offset past the end is OutOfRange, naming the ref.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut resp = client
+            .write(ns!(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bad = msg(WriteAction::Write, 5, b"x");
+        bad.r#ref = "other".into();
+        bad.expected = String::new();
+        tx.send(bad).await.unwrap();
+        let err = loop {
+            match resp.message().await {
+                Err(e) => break e,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("no error for a write past the end"),
+            }
+        };
+        assert_eq!(
+            err.code(),
+            containerd_client::tonic::Code::OutOfRange,
+            "{err}"
+        );
+        assert!(err.message().contains("\"other\""), "{err}");
+    });
+    assert!(d
+        .ctr_ok("default", &["content", "ls", "-q"])
+        .contains(&expected));
+}
