@@ -428,3 +428,139 @@ pub(crate) fn disk_usage(path: &Path) -> Result<Usage> {
     }
     Ok(u)
 }
+
+#[cfg(test)]
+mod conformance {
+    //! One suite every snapshotter must pass; needs root (it mounts).
+    use super::*;
+    use crate::mount::TempMount;
+
+    fn suite(make: impl Fn(&Path) -> Arc<dyn Backend>) {
+        let t = tempfile::tempdir().unwrap();
+        let meta = Arc::new(MetaStore::open(&t.path().join("m.redb")).unwrap());
+        let backend = make(&t.path().join("sn"));
+        let sn = backend.name();
+        let s = Snapshots::new(meta, vec![backend.clone()], Default::default());
+        let ns = Namespace::new("default").unwrap();
+        let new = |key, parent, kind| NewSnapshot {
+            key,
+            parent,
+            kind,
+            labels: Labels::new(),
+            lease: None,
+        };
+        let scratch = t.path().join("mnt");
+
+        let m = s
+            .create(&ns, sn, new("base-work", None, Kind::Active))
+            .unwrap();
+        {
+            let mnt = TempMount::new(&scratch, &m).unwrap();
+            std::fs::write(mnt.path().join("a"), "a").unwrap();
+        }
+        s.commit(&ns, sn, "base", "base-work", Labels::new(), None)
+            .unwrap();
+        let m = s
+            .create(&ns, sn, new("child-work", Some("base"), Kind::Active))
+            .unwrap();
+        {
+            let mnt = TempMount::new(&scratch, &m).unwrap();
+            assert_eq!(std::fs::read_to_string(mnt.path().join("a")).unwrap(), "a");
+            std::fs::write(mnt.path().join("b"), "b").unwrap();
+            std::fs::remove_file(mnt.path().join("a")).unwrap();
+        }
+        s.commit(&ns, sn, "child", "child-work", Labels::new(), None)
+            .unwrap();
+        let m = s
+            .create(&ns, sn, new("view", Some("child"), Kind::View))
+            .unwrap();
+        {
+            let mnt = TempMount::new(&scratch, &m).unwrap();
+            assert!(!mnt.path().join("a").exists());
+            assert_eq!(std::fs::read_to_string(mnt.path().join("b")).unwrap(), "b");
+            assert!(
+                std::fs::write(mnt.path().join("c"), "c").is_err(),
+                "{sn}: a view is writable"
+            );
+        }
+        // The base is untouched by its child.
+        let m = s
+            .create(&ns, sn, new("base-view", Some("base"), Kind::View))
+            .unwrap();
+        {
+            let mnt = TempMount::new(&scratch, &m).unwrap();
+            assert!(mnt.path().join("a").exists() && !mnt.path().join("b").exists());
+        }
+
+        let err = |r: Result<Vec<Mount>>| r.unwrap_err().kind();
+        assert_eq!(
+            err(s.create(&ns, sn, new("view", None, Kind::Active))),
+            crate::ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            err(s.create(&ns, sn, new("x", Some("missing"), Kind::Active))),
+            crate::ErrorKind::NotFound
+        );
+        s.create(&ns, sn, new("active", Some("child"), Kind::Active))
+            .unwrap();
+        assert_eq!(
+            err(s.create(&ns, sn, new("y", Some("active"), Kind::Active))),
+            crate::ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            s.commit(&ns, sn, "z", "view", Labels::new(), None)
+                .unwrap_err()
+                .kind(),
+            crate::ErrorKind::FailedPrecondition
+        );
+        assert_eq!(
+            s.commit(&ns, sn, "base", "active", Labels::new(), None)
+                .unwrap_err()
+                .kind(),
+            crate::ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            s.remove(&ns, sn, "base").unwrap_err().kind(),
+            crate::ErrorKind::FailedPrecondition
+        );
+        assert_eq!(
+            s.mounts(&ns, sn, "base").unwrap_err().kind(),
+            crate::ErrorKind::FailedPrecondition
+        );
+
+        let committed = Filter::parse_all(&["kind==committed"]).unwrap();
+        assert_eq!(s.list(&ns, sn, &committed).unwrap().len(), 2);
+        assert_eq!(
+            s.stat(&ns, sn, "child").unwrap().parent.as_deref(),
+            Some("base")
+        );
+        let labels: Labels = [("team".to_string(), "a".to_string())].into();
+        let i = s
+            .update(&ns, sn, "child", &labels, &["labels.team".to_string()])
+            .unwrap();
+        assert_eq!(i.labels.get("team").map(String::as_str), Some("a"));
+        assert!(s.usage(&ns, sn, "child").unwrap().inodes >= 1);
+        let other = Namespace::new("other").unwrap();
+        assert!(s.stat(&other, sn, "child").unwrap_err().is_not_found());
+
+        for key in ["active", "view", "base-view", "child", "base"] {
+            s.remove(&ns, sn, key).unwrap();
+        }
+        assert!(s.list(&ns, sn, &Filter::default()).unwrap().is_empty());
+        s.cleanup(sn).unwrap();
+        assert!(
+            backend.ids_on_disk().unwrap().is_empty(),
+            "{sn}: directories left"
+        );
+    }
+
+    #[test]
+    fn root_overlayfs_passes_the_snapshotter_suite() {
+        suite(|p| Arc::new(Overlay::open(p).expect("overlayfs must be usable on this machine")));
+    }
+
+    #[test]
+    fn root_native_passes_the_snapshotter_suite() {
+        suite(|p| Arc::new(Native::open(p).unwrap()));
+    }
+}
