@@ -407,21 +407,8 @@ impl Applier<'_> {
                     .ok_or_else(|| bad(&shown, "symlink without target"))?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str())
                     .map_err(|e| io_err("symlink")(e.into()))?;
-                rustix::fs::chownat(
-                    &dir,
-                    name.as_os_str(),
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| io_err("chown")(e.into()))?;
-                rustix::fs::utimensat(
-                    &dir,
-                    name.as_os_str(),
-                    &timestamps(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| io_err("set times of")(e.into()))?;
+                set_owner(&dir, name, uid, gid).map_err(io_err("chown"))?;
+                set_times(&dir, name, mtime).map_err(io_err("set times of"))?;
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -463,14 +450,7 @@ impl Applier<'_> {
                 };
                 rustix::fs::mknodat(&dir, name.as_os_str(), ft, Mode::from_raw_mode(0o600), dev)
                     .map_err(|e| io_err("mknod")(e.into()))?;
-                rustix::fs::chownat(
-                    &dir,
-                    name.as_os_str(),
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| io_err("chown")(e.into()))?;
+                set_owner(&dir, name, uid, gid).map_err(io_err("chown"))?;
                 // Just created by us as a device node, so chmod cannot follow a symlink here.
                 rustix::fs::chmodat(
                     &dir,
@@ -479,13 +459,7 @@ impl Applier<'_> {
                     AtFlags::empty(),
                 )
                 .map_err(|e| io_err("chmod")(e.into()))?;
-                rustix::fs::utimensat(
-                    &dir,
-                    name.as_os_str(),
-                    &timestamps(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| io_err("set times of")(e.into()))?;
+                set_times(&dir, name, mtime).map_err(io_err("set times of"))?;
             }
             // Global and per-file extension headers are consumed by the tar reader.
             tar::EntryType::XGlobalHeader
@@ -574,6 +548,23 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// Owner of an entry made by name, never following it if it is a symlink.
+fn set_owner(dir: &OwnedFd, name: &OsStr, uid: u64, gid: u64) -> io::Result<()> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(uid_of(uid)),
+        Some(gid_of(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+fn set_times(dir: &OwnedFd, name: &OsStr, mtime: u64) -> io::Result<()> {
+    rustix::fs::utimensat(dir, name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(io::Error::from)
 }
 
 fn uid_of(id: u64) -> rustix::fs::Uid {

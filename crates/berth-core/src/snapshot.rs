@@ -408,6 +408,14 @@ pub(crate) fn ids_in(dir: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Removes a snapshot directory; one that is already gone is fine.
+pub(crate) fn remove_dir(d: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(d) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", d)(e)),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn disk_usage(path: &Path) -> Result<Usage> {
     use std::collections::HashSet;
     use std::os::unix::fs::MetadataExt;

@@ -14,7 +14,9 @@ use crate::api::{
     UpdateImageResponse,
 };
 use crate::server::images_server;
-use crate::status::{blocking, labels_in, labels_out, namespace, timestamp, to_status};
+use crate::status::{
+    blocking, collect_after_delete, labels_in, labels_out, namespace, timestamp, to_status,
+};
 use crate::types::Descriptor as DescriptorPb;
 
 pub struct ImagesService {
@@ -128,12 +130,7 @@ impl images_server::Images for ImagesService {
         let store = self.store.clone();
         let name = r.name.clone();
         blocking(move || store.delete(&ns, &name)).await?;
-        if r.sync {
-            let gc = self.gc.clone();
-            blocking(move || gc.collect_now()).await?;
-        } else {
-            self.gc.schedule();
-        }
+        collect_after_delete(&self.gc, r.sync).await?;
         Ok(Response::new(()))
     }
 }

@@ -14,7 +14,9 @@ use crate::api::{
     Resource,
 };
 use crate::server::leases_server;
-use crate::status::{blocking, digest, labels_in, labels_out, namespace, timestamp, to_status};
+use crate::status::{
+    blocking, collect_after_delete, digest, labels_in, labels_out, namespace, timestamp, to_status,
+};
 
 pub struct LeasesService {
     pub meta: Arc<MetaStore>,
@@ -60,12 +62,7 @@ impl leases_server::Leases for LeasesService {
         let meta = self.meta.clone();
         let id = r.id.clone();
         blocking(move || Leases { meta: &meta }.delete(&ns, &id)).await?;
-        if r.sync {
-            let gc = self.gc.clone();
-            blocking(move || gc.collect_now()).await?;
-        } else {
-            self.gc.schedule();
-        }
+        collect_after_delete(&self.gc, r.sync).await?;
         Ok(Response::new(()))
     }
 

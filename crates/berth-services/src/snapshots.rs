@@ -64,6 +64,35 @@ fn info_pb(i: SnapshotInfo) -> Info {
     }
 }
 
+impl SnapshotsService {
+    /// Prepare and View differ only in the kind of snapshot they make.
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        ns: berth_core::Namespace,
+        lease: Option<String>,
+        snapshotter: String,
+        key: String,
+        parent: String,
+        labels: std::collections::HashMap<String, String>,
+        kind: Kind,
+    ) -> Result<Vec<MountPb>, Status> {
+        let store = self.store.clone();
+        let mounts = blocking(move || {
+            let new = NewSnapshot {
+                key: &key,
+                parent: Some(parent.as_str()),
+                kind,
+                labels: labels_in(labels),
+                lease: lease.as_deref(),
+            };
+            store.create(&ns, &snapshotter, new)
+        })
+        .await?;
+        Ok(mounts.into_iter().map(mount_out).collect())
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -74,25 +103,18 @@ impl snapshots_server::Snapshots for SnapshotsService {
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
-        let store = self.store.clone();
-        let mounts = blocking(move || {
-            let parent = Some(r.parent.as_str());
-            store.create(
-                &ns,
-                &r.snapshotter,
-                NewSnapshot {
-                    key: &r.key,
-                    parent,
-                    kind: Kind::Active,
-                    labels: labels_in(r.labels),
-                    lease: lease.as_deref(),
-                },
+        let mounts = self
+            .create(
+                ns,
+                lease,
+                r.snapshotter,
+                r.key,
+                r.parent,
+                r.labels,
+                Kind::Active,
             )
-        })
-        .await?;
-        Ok(Response::new(PrepareSnapshotResponse {
-            mounts: mounts.into_iter().map(mount_out).collect(),
-        }))
+            .await?;
+        Ok(Response::new(PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
@@ -101,25 +123,18 @@ impl snapshots_server::Snapshots for SnapshotsService {
     ) -> Result<Response<ViewSnapshotResponse>, Status> {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
-        let store = self.store.clone();
-        let mounts = blocking(move || {
-            let parent = Some(r.parent.as_str());
-            store.create(
-                &ns,
-                &r.snapshotter,
-                NewSnapshot {
-                    key: &r.key,
-                    parent,
-                    kind: Kind::View,
-                    labels: labels_in(r.labels),
-                    lease: lease.as_deref(),
-                },
+        let mounts = self
+            .create(
+                ns,
+                lease,
+                r.snapshotter,
+                r.key,
+                r.parent,
+                r.labels,
+                Kind::View,
             )
-        })
-        .await?;
-        Ok(Response::new(ViewSnapshotResponse {
-            mounts: mounts.into_iter().map(mount_out).collect(),
-        }))
+            .await?;
+        Ok(Response::new(ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(

@@ -72,6 +72,20 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(to_status)
 }
 
+/// After a delete: collect now and wait when the client asked for `sync`, else schedule.
+pub async fn collect_after_delete(
+    gc: &berth_core::gc::Scheduler,
+    sync: bool,
+) -> Result<(), Status> {
+    if sync {
+        let gc = gc.clone();
+        blocking(move || gc.collect_now()).await?;
+    } else {
+        gc.schedule();
+    }
+    Ok(())
+}
+
 pub fn digest(s: &str) -> Result<berth_core::Digest, Status> {
     berth_core::Digest::parse(s).map_err(to_status)
 }

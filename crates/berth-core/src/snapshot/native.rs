@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{disk_usage, ids_in, Backend, Kind, Usage};
+use super::{disk_usage, ids_in, remove_dir, Backend, Kind, Usage};
 use crate::error::{Error, Result};
 use crate::mount::Mount;
 
@@ -70,10 +70,7 @@ impl Backend for Native {
 
     fn remove(&self, id: u64) -> Result<()> {
         let d = self.fs_dir(id);
-        match fs::remove_dir_all(&d) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", d)(e)),
-            _ => Ok(()),
-        }
+        remove_dir(&d)
     }
 
     fn usage(&self, id: u64) -> Result<Usage> {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{disk_usage, ids_in, Backend, Kind, Usage};
+use super::{disk_usage, ids_in, remove_dir, Backend, Kind, Usage};
 use crate::error::{Error, Result};
 use crate::mount::{Mount, TempMount};
 
@@ -109,10 +109,7 @@ impl Backend for Overlay {
 
     fn remove(&self, id: u64) -> Result<()> {
         let d = self.root.join("snapshots").join(id.to_string());
-        match fs::remove_dir_all(&d) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", d)(e)),
-            _ => Ok(()),
-        }
+        remove_dir(&d)
     }
 
     fn usage(&self, id: u64) -> Result<Usage> {
