@@ -147,6 +147,7 @@ async fn main() -> Result<()> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
     }
     let _lock = lock_root(&s.root)?;
+    reconcile_scratch(&s.state.join("tmpmounts"));
 
     let meta_dir = s.root.join("io.containerd.metadata.v1.redb");
     std::fs::create_dir_all(&meta_dir)?;
@@ -221,6 +222,20 @@ async fn main() -> Result<()> {
     let _ = std::fs::remove_file(&s.address);
     tracing::info!("berthd stopped");
     Ok(())
+}
+
+/// Temporary mount points of a berthd that died mid-apply or mid-diff: unmount and remove.
+fn reconcile_scratch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        while berth_core::mount::unmount(&p).is_ok() {}
+        if let Err(err) = std::fs::remove_dir(&p) {
+            tracing::warn!("stale mount point {}: {err}", p.display());
+        } else {
+            tracing::info!("removed stale mount point {}", p.display());
+        }
+    }
 }
 
 async fn shutdown() {
