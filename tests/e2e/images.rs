@@ -716,3 +716,19 @@ fn root_write_resumes_from_offset_after_client_disconnects() {
         .ctr_ok("default", &["content", "ls", "-q"])
         .contains(&expected));
 }
+
+#[test]
+fn root_second_namespace_shares_content_and_unpacks_its_own_snapshots() {
+    let reg = Registry::start();
+    let (d, _img, reference) = pulled(&reg, &[busybox_layer()], "busybox");
+    let before = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256")).unwrap().count();
+    d.ctr_ok("second", &["images", "pull", "--plain-http", &reference]);
+    let check = d.ctr_ok("second", &["images", "check"]);
+    assert!(check.contains("complete (2/2)") && check.contains("true"), "{check}");
+    assert_eq!(d.ctr_ok("second", &["snapshots", "ls"]).lines().filter(|l| l.contains("Committed")).count(), 1);
+    let after = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256")).unwrap().count();
+    assert_eq!(before, after, "blobs stored twice");
+    // Removing the image in one namespace keeps the other's content.
+    d.ctr_ok("default", &["images", "rm", "--sync", &reference]);
+    assert!(d.ctr_ok("second", &["images", "check"]).contains("complete (2/2)"));
+}

@@ -486,10 +486,15 @@ impl ContentStore {
                 .view(|tx| tx.get_raw(Bucket::Content, &key(ns, &e.to_string())))?
                 .is_some()
             {
+                if let Some(l) = lease {
+                    self.meta
+                        .update(|tx| leases::add_resource(tx, ns, l, "content", &e.to_string()))?;
+                }
                 return Err(Error::AlreadyExists(format!(
                     "content {e} in namespace {ns:?}"
                 )));
             }
+            self.share(ns, e, total, lease)?;
         }
         if let Some(l) = lease {
             self.meta
@@ -545,6 +550,41 @@ impl ContentStore {
             offset,
             _lock: lock,
         })
+    }
+
+    /// Content is shared between namespaces, as with containerd's default policy: when
+    /// the expected blob is already on disk (verified when it was committed) and its size
+    /// fits, it is recorded in this namespace without a second upload, and the writer is
+    /// answered AlreadyExists, which clients take as "already have it".
+    fn share(&self, ns: &Namespace, d: &Digest, total: i64, lease: Option<&str>) -> Result<()> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let Ok(md) = fs::metadata(self.blobs.blob_path(d)) else {
+            return Ok(());
+        };
+        if total > 0 && md.len() != total as u64 {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        self.meta.update(|tx| {
+            tx.ensure_namespace(ns)?;
+            let k = key(ns, &d.to_string());
+            if tx.get_raw(Bucket::Content, &k)?.is_none() {
+                let rec = ContentRecord {
+                    size: md.len() as i64,
+                    labels: Labels::new(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                tx.put(Bucket::Content, &k, &rec)?;
+            }
+            if let Some(l) = lease {
+                leases::add_resource(tx, ns, l, "content", &d.to_string())?;
+            }
+            Ok(())
+        })?;
+        Err(Error::AlreadyExists(format!(
+            "content {d} in namespace {ns:?}"
+        )))
     }
 
     /// Verifies and publishes the ingest. `size` 0 means "whatever was written". On a size
@@ -700,6 +740,16 @@ mod tests {
             .list_statuses(&ns, &Filter::default())
             .unwrap()
             .is_empty());
+        // Another namespace expecting the same blob shares it without uploading again.
+        assert!(matches!(
+            cs.writer(&other, "r3", 11, Some(&dg), None),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(cs.info(&other, &dg).unwrap().size, 11);
+        // ... but not with a size that does not fit.
+        let third = Namespace::new("third").unwrap();
+        let w = cs.writer(&third, "r4", 12, Some(&dg), None).unwrap();
+        assert_eq!(w.offset(), 0);
     }
 
     #[test]

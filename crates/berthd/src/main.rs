@@ -226,7 +226,9 @@ async fn main() -> Result<()> {
 
 /// Temporary mount points of a berthd that died mid-apply or mid-diff: unmount and remove.
 fn reconcile_scratch(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         while berth_core::mount::unmount(&p).is_ok() {}
