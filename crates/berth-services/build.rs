@@ -361,6 +361,61 @@ fn main() {
                 ("diff", "Diff", "DiffRequest", "DiffResponse", false, false),
             ],
         ),
+        service(
+            "Containers",
+            "containerd.services.containers.v1",
+            "",
+            &[
+                (
+                    "get",
+                    "Get",
+                    "GetContainerRequest",
+                    "GetContainerResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list",
+                    "List",
+                    "ListContainersRequest",
+                    "ListContainersResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "list_stream",
+                    "ListStream",
+                    "ListContainersRequest",
+                    "ListContainerMessage",
+                    false,
+                    true,
+                ),
+                (
+                    "create",
+                    "Create",
+                    "CreateContainerRequest",
+                    "CreateContainerResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "update",
+                    "Update",
+                    "UpdateContainerRequest",
+                    "UpdateContainerResponse",
+                    false,
+                    false,
+                ),
+                (
+                    "delete",
+                    "Delete",
+                    "DeleteContainerRequest",
+                    "()",
+                    false,
+                    false,
+                ),
+            ],
+        ),
     ];
     Builder::new()
         .build_client(false)

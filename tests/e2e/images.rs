@@ -721,14 +721,96 @@ fn root_write_resumes_from_offset_after_client_disconnects() {
 fn root_second_namespace_shares_content_and_unpacks_its_own_snapshots() {
     let reg = Registry::start();
     let (d, _img, reference) = pulled(&reg, &[busybox_layer()], "busybox");
-    let before = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256")).unwrap().count();
+    let before = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256"))
+        .unwrap()
+        .count();
     d.ctr_ok("second", &["images", "pull", "--plain-http", &reference]);
     let check = d.ctr_ok("second", &["images", "check"]);
-    assert!(check.contains("complete (2/2)") && check.contains("true"), "{check}");
-    assert_eq!(d.ctr_ok("second", &["snapshots", "ls"]).lines().filter(|l| l.contains("Committed")).count(), 1);
-    let after = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256")).unwrap().count();
+    assert!(
+        check.contains("complete (2/2)") && check.contains("true"),
+        "{check}"
+    );
+    assert_eq!(
+        d.ctr_ok("second", &["snapshots", "ls"])
+            .lines()
+            .filter(|l| l.contains("Committed"))
+            .count(),
+        1
+    );
+    let after = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256"))
+        .unwrap()
+        .count();
     assert_eq!(before, after, "blobs stored twice");
     // Removing the image in one namespace keeps the other's content.
     d.ctr_ok("default", &["images", "rm", "--sync", &reference]);
-    assert!(d.ctr_ok("second", &["images", "check"]).contains("complete (2/2)"));
+    assert!(d
+        .ctr_ok("second", &["images", "check"])
+        .contains("complete (2/2)"));
+}
+
+#[test]
+fn root_containers_create_list_info_label_and_remove() {
+    let reg = Registry::start();
+    let (d, _img, reference) = pulled(&reg, &[busybox_layer()], "busybox");
+    d.ctr_ok(
+        "default",
+        &[
+            "containers",
+            "create",
+            "--label",
+            "team=a",
+            &reference,
+            "c1",
+        ],
+    );
+    let ls = d.ctr_ok("default", &["containers", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.starts_with("c1")
+            && l.contains(&reference)
+            && l.contains("io.containerd.runc.v2")),
+        "{ls}"
+    );
+    let info = d.ctr_ok("default", &["containers", "info", "c1"]);
+    assert!(
+        info.contains("\"Spec\"")
+            && info.contains("\"SnapshotKey\": \"c1\"")
+            && info.contains("team"),
+        "{info}"
+    );
+    let dup = d.ctr("default", &["containers", "create", &reference, "c1"]);
+    assert!(out_of(&dup).contains("already exists"), "{}", out_of(&dup));
+    let filtered = d.ctr_ok("default", &["containers", "ls", "labels.team==a"]);
+    assert!(filtered.contains("c1"), "{filtered}");
+    assert!(!d
+        .ctr_ok("default", &["containers", "ls", "labels.team==b"])
+        .contains("c1"));
+    d.ctr_ok("default", &["containers", "label", "c1", "team=b"]);
+    assert!(d
+        .ctr_ok("default", &["containers", "ls", "labels.team==b"])
+        .contains("c1"));
+
+    // The container keeps its snapshot chain alive after the image is gone.
+    d.ctr_ok("default", &["images", "rm", "--sync", &reference]);
+    let snaps = d.ctr_ok("default", &["snapshots", "ls"]);
+    assert!(
+        snaps
+            .lines()
+            .any(|l| l.starts_with("c1 ") && l.contains("Active")),
+        "{snaps}"
+    );
+    assert!(snaps.lines().any(|l| l.contains("Committed")), "{snaps}");
+
+    d.ctr_ok("default", &["containers", "rm", "c1"]);
+    let missing = d.ctr("default", &["containers", "info", "c1"]);
+    assert!(
+        out_of(&missing).contains("not found"),
+        "{}",
+        out_of(&missing)
+    );
+    d.ctr_ok("default", &["leases", "create", "--id", "trigger-gc"]);
+    d.ctr_ok("default", &["leases", "rm", "--sync", "trigger-gc"]);
+    assert!(
+        d.ctr_ok("default", &["snapshots", "ls"]).lines().count() <= 1,
+        "snapshots left after the container went"
+    );
 }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::containers::Container;
 use crate::content::{ContentRecord, ContentStore};
 use crate::error::Result;
 use crate::images::Image;
@@ -148,21 +149,15 @@ impl Collector {
                     roots.push(Node::Content(ns.clone(), img.target.digest.clone()));
                     label_refs(ns, &img.labels, &mut roots);
                 }
-                for (_, c) in tx.scan::<serde_json::Value>(Bucket::Containers, &p)? {
-                    let s = |f: &str| c.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-                    if !s("snapshotter").is_empty() && !s("snapshot_key").is_empty() {
+                for (_, c) in tx.scan::<Container>(Bucket::Containers, &p)? {
+                    if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
                         roots.push(Node::Snapshot(
                             ns.clone(),
-                            s("snapshotter"),
-                            s("snapshot_key"),
+                            c.snapshotter.clone(),
+                            c.snapshot_key.clone(),
                         ));
                     }
-                    if let Some(l) = c
-                        .get("labels")
-                        .and_then(|l| serde_json::from_value::<Labels>(l.clone()).ok())
-                    {
-                        label_refs(ns, &l, &mut roots);
-                    }
+                    label_refs(ns, &c.labels, &mut roots);
                 }
                 for (k, rec) in tx.scan::<ContentRecord>(Bucket::Content, &p)? {
                     let d = k[p.len()..].to_owned();

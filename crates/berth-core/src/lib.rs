@@ -2,6 +2,7 @@
 //! content store, metadata, snapshotters, mounts, the layer applier, leases and GC.
 
 pub mod apply;
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod differ;

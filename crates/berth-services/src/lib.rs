@@ -5,6 +5,7 @@
 /// `google.protobuf.Empty`, as prost represents it.
 pub type Empty = ();
 
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod images;
@@ -29,7 +30,8 @@ pub mod server {
         "containerd.services.images.v1.Images.rs",
         "containerd.services.leases.v1.Leases.rs",
         "containerd.services.snapshots.v1.Snapshots.rs",
-        "containerd.services.diff.v1.Diff.rs"
+        "containerd.services.diff.v1.Diff.rs",
+        "containerd.services.containers.v1.Containers.rs"
     );
 }
 

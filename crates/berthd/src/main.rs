@@ -14,10 +14,10 @@ use berth_core::metadata::MetaStore;
 use berth_core::namespaces::Namespaces;
 use berth_core::snapshot::{Backend, Native, Overlay, Snapshots};
 use berth_services::server::{
-    content_server::ContentServer, diff_server::DiffServer, images_server::ImagesServer,
-    introspection_server::IntrospectionServer, leases_server::LeasesServer,
-    namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
-    version_server::VersionServer,
+    containers_server::ContainersServer, content_server::ContentServer, diff_server::DiffServer,
+    images_server::ImagesServer, introspection_server::IntrospectionServer,
+    leases_server::LeasesServer, namespaces_server::NamespacesServer,
+    snapshots_server::SnapshotsServer, version_server::VersionServer,
 };
 use clap::Parser;
 use serde::Deserialize;
@@ -200,6 +200,10 @@ async fn main() -> Result<()> {
             })
             .max_decoding_message_size(64 << 20),
         )
+        .add_service(ContainersServer::new(containers::ContainersService {
+            store: Arc::new(berth_core::containers::Containers::new(meta.clone())),
+            gc: gc.clone(),
+        }))
         .add_service(ImagesServer::new(images::ImagesService {
             store: Arc::new(Images::new(meta.clone())),
             gc: gc.clone(),
