@@ -810,4 +810,53 @@ mod tests {
         }
         assert!(apply(&root, b"definitely not a tar file, just some text that is long enough to fill a header block and then some more text to be sure it is long enough........................................................................................................................................................................................................................................................................................................................................................".to_vec()).is_err());
     }
+
+    /// A bounded stand-in for fuzzing: flips, truncates and splices bytes of valid layers
+    /// (plain and gzip) and applies each result. Every outcome must be an error or a tree,
+    /// never a panic and never a write outside the snapshot.
+    #[test]
+    fn mutated_layers_never_panic_or_escape() {
+        use std::io::Write;
+        let (_t, root, outside) = sandbox();
+        let out = outside.to_str().unwrap().to_owned();
+        let base = Layer::new()
+            .dir("a")
+            .file("a/f", "hello")
+            .symlink("a/l", &out)
+            .hardlink("a/h", "a/f")
+            .file("a/.wh.x", "")
+            .file("b/.wh..wh..opq", "")
+            .bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&base).unwrap();
+        let seeds = [base.clone(), gz.finish().unwrap()];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..3000 {
+            let mut data = seeds[round % 2].clone();
+            for _ in 0..(1 + next() % 8) {
+                let at = (next() as usize) % data.len();
+                match next() % 4 {
+                    0 => data[at] ^= 1 << (next() % 8),
+                    1 => data[at] = b"./\0."[(next() % 4) as usize],
+                    2 => data.truncate(at.max(1)),
+                    _ => {
+                        let from = (next() as usize) % data.len();
+                        let len = (next() as usize % 64).min(data.len() - from.max(at));
+                        let chunk = data[from..from + len].to_vec();
+                        data[at..at + len].copy_from_slice(&chunk);
+                    }
+                }
+            }
+            let dir = root.join(format!("r{round}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let _ = apply(&dir, data);
+            outside_untouched(&outside);
+        }
+    }
 }
