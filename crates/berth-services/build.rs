@@ -17,6 +17,8 @@ fn service(name: &str, package: &str, module: &str, methods: &[M]) -> Service {
     let ty = |t: &str| {
         if t == "()" {
             "crate::Empty".to_string()
+        } else if t.starts_with("::") {
+            t.to_string()
         } else {
             format!("::containerd_client::services::v1::{module}{t}")
         }
@@ -413,6 +415,23 @@ fn main() {
                     "()",
                     false,
                     false,
+                ),
+            ],
+        ),
+        service(
+            "Events",
+            "containerd.services.events.v1",
+            "",
+            &[
+                ("publish", "Publish", "PublishRequest", "()", false, false),
+                ("forward", "Forward", "ForwardRequest", "()", false, false),
+                (
+                    "subscribe",
+                    "Subscribe",
+                    "SubscribeRequest",
+                    "::containerd_client::types::Envelope",
+                    false,
+                    true,
                 ),
             ],
         ),

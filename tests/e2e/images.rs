@@ -814,3 +814,54 @@ fn root_containers_create_list_info_label_and_remove() {
         "snapshots left after the container went"
     );
 }
+
+#[test]
+fn root_events_stream_object_changes_in_order() {
+    let d = Berthd::start();
+    let mut sub = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&d.socket)
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    d.ctr_ok("default", &["namespaces", "create", "evns"]);
+    d.ctr_ok("default", &["snapshots", "prepare", "work", ""]);
+    d.ctr_ok("default", &["snapshots", "commit", "done", "work"]);
+    d.ctr_ok("default", &["snapshots", "rm", "done"]);
+    let mut c = std::process::Command::new("ctr");
+    c.arg("-a")
+        .arg(&d.socket)
+        .args(["content", "ingest", "blob"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"event me").unwrap();
+    assert!(child.wait().unwrap().success());
+    d.ctr_ok("default", &["content", "rm", &sha256(b"event me")]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = sub.kill();
+    let out = sub.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let topics: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/namespaces/create",
+            "/snapshot/prepare",
+            "/snapshot/commit",
+            "/snapshot/remove",
+            "/content/delete"
+        ],
+        "events:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\"key\":\"work\"") || text.contains("work"),
+        "{text}"
+    );
+}

@@ -15,12 +15,17 @@ use crate::api::{
     DeleteContainerRequest, GetContainerRequest, GetContainerResponse, ListContainerMessage,
     ListContainersRequest, ListContainersResponse, UpdateContainerRequest, UpdateContainerResponse,
 };
+use crate::events::EventBus;
 use crate::server::containers_server;
 use crate::status::{blocking, labels_in, labels_out, namespace, timestamp, to_status};
+use containerd_client::events::{
+    container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
+};
 
 pub struct ContainersService {
     pub store: Arc<Containers>,
     pub gc: Scheduler,
+    pub events: EventBus,
 }
 
 fn any_in(a: prost_types::Any) -> AnyValue {
@@ -151,7 +156,21 @@ impl containers_server::Containers for ContainersService {
             .container
             .ok_or_else(|| Status::invalid_argument("container is required"))?;
         let store = self.store.clone();
-        let c = blocking(move || store.create(&ns, container_in(c))).await?;
+        let n = ns.clone();
+        let c = blocking(move || store.create(&n, container_in(c))).await?;
+        let runtime = Some(container_create::Runtime {
+            name: c.runtime_name.clone(),
+            options: c.runtime_options.clone().map(any_out),
+        });
+        self.events.publish(
+            &ns,
+            "/containers/create",
+            &ContainerCreate {
+                id: c.id.clone(),
+                image: c.image.clone(),
+                runtime,
+            },
+        );
         Ok(Response::new(CreateContainerResponse {
             container: Some(container_out(c)),
         }))
@@ -168,7 +187,15 @@ impl containers_server::Containers for ContainersService {
             .ok_or_else(|| Status::invalid_argument("container is required"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let store = self.store.clone();
-        let c = blocking(move || store.update(&ns, container_in(c), &paths)).await?;
+        let n = ns.clone();
+        let c = blocking(move || store.update(&n, container_in(c), &paths)).await?;
+        let event = ContainerUpdate {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            labels: labels_out(c.labels.clone()),
+            snapshot_key: c.snapshot_key.clone(),
+        };
+        self.events.publish(&ns, "/containers/update", &event);
         self.gc.schedule();
         Ok(Response::new(UpdateContainerResponse {
             container: Some(container_out(c)),
@@ -179,7 +206,10 @@ impl containers_server::Containers for ContainersService {
         let ns = namespace(&req)?;
         let id = req.into_inner().id;
         let store = self.store.clone();
-        blocking(move || store.delete(&ns, &id)).await?;
+        let (n, i) = (ns.clone(), id.clone());
+        blocking(move || store.delete(&n, &i)).await?;
+        self.events
+            .publish(&ns, "/containers/delete", &ContainerDelete { id });
         self.gc.schedule();
         Ok(Response::new(()))
     }

@@ -21,10 +21,12 @@ use crate::api::{
     ReadContentResponse, Status as IngestPb, StatusRequest, StatusResponse, UpdateRequest,
     UpdateResponse, WriteAction, WriteContentRequest, WriteContentResponse,
 };
+use crate::events::EventBus;
 use crate::server::content_server::Content;
 use crate::status::{
     blocking, digest, labels_in, labels_out, lease, namespace, timestamp, to_status,
 };
+use containerd_client::events::ContentDelete;
 
 const CHUNK: usize = 1 << 20;
 
@@ -33,6 +35,7 @@ pub type GcTrigger = Scheduler;
 pub struct ContentService {
     pub store: Arc<ContentStore>,
     pub gc: Scheduler,
+    pub events: EventBus,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -117,7 +120,15 @@ impl Content for ContentService {
         let ns = namespace(&req)?;
         let d = digest(&req.get_ref().digest)?;
         let store = self.store.clone();
-        blocking(move || store.delete(&ns, &d)).await?;
+        let (n, dg) = (ns.clone(), d.clone());
+        blocking(move || store.delete(&n, &dg)).await?;
+        self.events.publish(
+            &ns,
+            "/content/delete",
+            &ContentDelete {
+                digest: d.to_string(),
+            },
+        );
         self.gc.schedule();
         Ok(Response::new(()))
     }

@@ -13,6 +13,8 @@ use crate::api::{
     Image as ImagePb, ListImagesRequest, ListImagesResponse, UpdateImageRequest,
     UpdateImageResponse,
 };
+use crate::api::{ImageCreate, ImageDelete, ImageUpdate};
+use crate::events::EventBus;
 use crate::server::images_server;
 use crate::status::{
     blocking, collect_after_delete, labels_in, labels_out, namespace, timestamp, to_status,
@@ -22,6 +24,7 @@ use crate::types::Descriptor as DescriptorPb;
 pub struct ImagesService {
     pub store: Arc<Images>,
     pub gc: Scheduler,
+    pub events: EventBus,
 }
 
 pub fn descriptor_in(d: DescriptorPb) -> Descriptor {
@@ -100,7 +103,16 @@ impl images_server::Images for ImagesService {
             .image
             .ok_or_else(|| Status::invalid_argument("image is required"))?;
         let store = self.store.clone();
-        let i = blocking(move || store.create(&ns, image_in(img))).await?;
+        let n = ns.clone();
+        let i = blocking(move || store.create(&n, image_in(img))).await?;
+        self.events.publish(
+            &ns,
+            "/images/create",
+            &ImageCreate {
+                name: i.name.clone(),
+                labels: labels_out(i.labels.clone()),
+            },
+        );
         Ok(Response::new(CreateImageResponse {
             image: Some(image_out(i)),
         }))
@@ -117,7 +129,16 @@ impl images_server::Images for ImagesService {
             .ok_or_else(|| Status::invalid_argument("image is required"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let store = self.store.clone();
-        let i = blocking(move || store.update(&ns, image_in(img), &paths)).await?;
+        let n = ns.clone();
+        let i = blocking(move || store.update(&n, image_in(img), &paths)).await?;
+        self.events.publish(
+            &ns,
+            "/images/update",
+            &ImageUpdate {
+                name: i.name.clone(),
+                labels: labels_out(i.labels.clone()),
+            },
+        );
         self.gc.schedule();
         Ok(Response::new(UpdateImageResponse {
             image: Some(image_out(i)),
@@ -129,7 +150,15 @@ impl images_server::Images for ImagesService {
         let r = req.into_inner();
         let store = self.store.clone();
         let name = r.name.clone();
-        blocking(move || store.delete(&ns, &name)).await?;
+        let n = ns.clone();
+        blocking(move || store.delete(&n, &name)).await?;
+        self.events.publish(
+            &ns,
+            "/images/delete",
+            &ImageDelete {
+                name: r.name.clone(),
+            },
+        );
         collect_after_delete(&self.gc, r.sync).await?;
         Ok(Response::new(()))
     }

@@ -8,6 +8,7 @@ pub type Empty = ();
 pub mod containers;
 pub mod content;
 pub mod diff;
+pub mod events;
 pub mod images;
 pub mod introspection;
 pub mod leases;
@@ -31,7 +32,8 @@ pub mod server {
         "containerd.services.leases.v1.Leases.rs",
         "containerd.services.snapshots.v1.Snapshots.rs",
         "containerd.services.diff.v1.Diff.rs",
-        "containerd.services.containers.v1.Containers.rs"
+        "containerd.services.containers.v1.Containers.rs",
+        "containerd.services.events.v1.Events.rs"
     );
 }
 

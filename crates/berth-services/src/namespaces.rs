@@ -11,12 +11,15 @@ use crate::api::{
     GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespacePb,
     UpdateNamespaceRequest, UpdateNamespaceResponse,
 };
+use crate::events::EventBus;
 use crate::server::namespaces_server;
 use crate::status::{blocking, labels_in, labels_out, to_status};
+use containerd_client::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 
 pub struct NamespacesService {
     pub store: Arc<Namespaces>,
     pub gc: berth_core::gc::Scheduler,
+    pub events: EventBus,
 }
 
 fn name(s: &str) -> Result<Namespace, Status> {
@@ -69,7 +72,16 @@ impl namespaces_server::Namespaces for NamespacesService {
         let ns = name(&pb.name)?;
         let store = self.store.clone();
         let labels = labels_in(pb.labels.clone());
-        blocking(move || store.create(&ns, labels)).await?;
+        let n = ns.clone();
+        blocking(move || store.create(&n, labels)).await?;
+        self.events.publish(
+            &ns,
+            "/namespaces/create",
+            &NamespaceCreate {
+                name: pb.name.clone(),
+                labels: pb.labels.clone(),
+            },
+        );
         Ok(Response::new(CreateNamespaceResponse {
             namespace: Some(pb),
         }))
@@ -89,6 +101,14 @@ impl namespaces_server::Namespaces for NamespacesService {
         let labels = labels_in(pb.labels);
         let n = ns.clone();
         let labels = blocking(move || store.update(&n, &labels, &paths)).await?;
+        self.events.publish(
+            &ns,
+            "/namespaces/update",
+            &NamespaceUpdate {
+                name: ns.to_string(),
+                labels: labels_out(labels.clone()),
+            },
+        );
         Ok(Response::new(UpdateNamespaceResponse {
             namespace: Some(NamespacePb {
                 name: ns.to_string(),
@@ -100,7 +120,15 @@ impl namespaces_server::Namespaces for NamespacesService {
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> Result<Response<()>, Status> {
         let ns = name(&req.get_ref().name)?;
         let store = self.store.clone();
-        blocking(move || store.delete(&ns)).await?;
+        let n = ns.clone();
+        blocking(move || store.delete(&n)).await?;
+        self.events.publish(
+            &ns,
+            "/namespaces/delete",
+            &NamespaceDelete {
+                name: ns.to_string(),
+            },
+        );
         self.gc.schedule();
         Ok(Response::new(()))
     }

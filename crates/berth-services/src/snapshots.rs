@@ -17,13 +17,16 @@ use crate::api::snapshots::{
     UpdateSnapshotRequest, UpdateSnapshotResponse, UsageRequest, UsageResponse,
     ViewSnapshotRequest, ViewSnapshotResponse,
 };
+use crate::events::EventBus;
 use crate::server::snapshots_server;
 use crate::status::{blocking, labels_in, labels_out, lease, namespace, timestamp, to_status};
 use crate::types::Mount as MountPb;
+use containerd_client::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 
 pub struct SnapshotsService {
     pub store: Arc<Snapshots>,
     pub gc: Scheduler,
+    pub events: EventBus,
 }
 
 pub fn mount_out(m: Mount) -> MountPb {
@@ -78,7 +81,14 @@ impl SnapshotsService {
         kind: Kind,
     ) -> Result<Vec<MountPb>, Status> {
         let store = self.store.clone();
+        let event = SnapshotPrepare {
+            key: key.clone(),
+            parent: parent.clone(),
+            snapshotter: snapshotter.clone(),
+        };
+        let n = ns.clone();
         let mounts = blocking(move || {
+            let ns = n;
             let new = NewSnapshot {
                 key: &key,
                 parent: Some(parent.as_str()),
@@ -89,6 +99,7 @@ impl SnapshotsService {
             store.create(&ns, &snapshotter, new)
         })
         .await?;
+        self.events.publish(&ns, "/snapshot/prepare", &event);
         Ok(mounts.into_iter().map(mount_out).collect())
     }
 }
@@ -154,9 +165,15 @@ impl snapshots_server::Snapshots for SnapshotsService {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
         let store = self.store.clone();
+        let event = SnapshotCommit {
+            key: r.key.clone(),
+            name: r.name.clone(),
+            snapshotter: r.snapshotter.clone(),
+        };
+        let n = ns.clone();
         blocking(move || {
             store.commit(
-                &ns,
+                &n,
                 &r.snapshotter,
                 &r.name,
                 &r.key,
@@ -165,6 +182,7 @@ impl snapshots_server::Snapshots for SnapshotsService {
             )
         })
         .await?;
+        self.events.publish(&ns, "/snapshot/commit", &event);
         Ok(Response::new(()))
     }
 
@@ -172,7 +190,13 @@ impl snapshots_server::Snapshots for SnapshotsService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let store = self.store.clone();
-        blocking(move || store.remove(&ns, &r.snapshotter, &r.key)).await?;
+        let event = SnapshotRemove {
+            key: r.key.clone(),
+            snapshotter: r.snapshotter.clone(),
+        };
+        let n = ns.clone();
+        blocking(move || store.remove(&n, &r.snapshotter, &r.key)).await?;
+        self.events.publish(&ns, "/snapshot/remove", &event);
         self.gc.schedule();
         Ok(Response::new(()))
     }

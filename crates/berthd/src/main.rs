@@ -15,9 +15,10 @@ use berth_core::namespaces::Namespaces;
 use berth_core::snapshot::{Backend, Native, Overlay, Snapshots};
 use berth_services::server::{
     containers_server::ContainersServer, content_server::ContentServer, diff_server::DiffServer,
-    images_server::ImagesServer, introspection_server::IntrospectionServer,
-    leases_server::LeasesServer, namespaces_server::NamespacesServer,
-    snapshots_server::SnapshotsServer, version_server::VersionServer,
+    events_server::EventsServer, images_server::ImagesServer,
+    introspection_server::IntrospectionServer, leases_server::LeasesServer,
+    namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
+    version_server::VersionServer,
 };
 use clap::Parser;
 use serde::Deserialize;
@@ -184,9 +185,11 @@ async fn main() -> Result<()> {
     let incoming = UnixListenerStream::new(listen(&s.address)?);
     tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
     use berth_services::*;
+    let events = events::EventBus::default();
     tonic::transport::Server::builder()
         .add_service(VersionServer::new(version::VersionService))
         .add_service(NamespacesServer::new(namespaces::NamespacesService {
+            events: events.clone(),
             store: Arc::new(Namespaces::new(meta.clone(), snapshotter_names.clone())),
             gc: gc.clone(),
         }))
@@ -195,16 +198,19 @@ async fn main() -> Result<()> {
         ))
         .add_service(
             ContentServer::new(content::ContentService {
+                events: events.clone(),
                 store: content.clone(),
                 gc: gc.clone(),
             })
             .max_decoding_message_size(64 << 20),
         )
         .add_service(ContainersServer::new(containers::ContainersService {
+            events: events.clone(),
             store: Arc::new(berth_core::containers::Containers::new(meta.clone())),
             gc: gc.clone(),
         }))
         .add_service(ImagesServer::new(images::ImagesService {
+            events: events.clone(),
             store: Arc::new(Images::new(meta.clone())),
             gc: gc.clone(),
         }))
@@ -213,12 +219,16 @@ async fn main() -> Result<()> {
             gc: gc.clone(),
         }))
         .add_service(SnapshotsServer::new(snapshots::SnapshotsService {
+            events: events.clone(),
             store: snapshots.clone(),
             gc: gc.clone(),
         }))
         .add_service(DiffServer::new(diff::DiffService {
             content: content.clone(),
             scratch: s.state.join("tmpmounts"),
+        }))
+        .add_service(EventsServer::new(events::EventsService {
+            bus: events.clone(),
         }))
         .serve_with_incoming_shutdown(incoming, shutdown())
         .await
