@@ -865,3 +865,55 @@ fn root_events_stream_object_changes_in_order() {
         "{text}"
     );
 }
+
+#[test]
+fn root_publish_subcommand_delivers_a_shim_event() {
+    use prost::Message;
+    let d = Berthd::start();
+    let mut sub = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&d.socket)
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let oom = containerd_client::events::TaskOom {
+        container_id: "published-by-shim".into(),
+    };
+    let any = containerd_client::to_any(&oom).encode_to_vec();
+    let publish = |bytes: &[u8]| {
+        let mut child = std::process::Command::new(berthd_binary())
+            .arg("--address")
+            .arg(&d.socket)
+            .args(["publish", "--topic", "/tasks/oom", "--namespace", "pubns"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = publish(&any);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Garbage on stdin is refused with a message, and publishes nothing.
+    let bad = publish(b"\xff\xff\xff not protobuf");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a protobuf Any"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = sub.kill();
+    let out = sub.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("/tasks/oom")).collect();
+    assert_eq!(lines.len(), 1, "events:\n{text}");
+    assert!(lines[0].contains("pubns"), "{text}");
+    assert!(lines[0].contains("published-by-shim"), "{text}");
+}

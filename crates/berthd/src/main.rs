@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+mod publish;
+
 use anyhow::{bail, Context, Result};
 use berth_core::content::{BlobStore, ContentStore};
 use berth_core::gc::{Collector, Scheduler};
@@ -39,7 +41,7 @@ struct Args {
     #[arg(long)]
     state: Option<PathBuf>,
     /// Path of the gRPC unix socket.
-    #[arg(long, short = 'a')]
+    #[arg(long, short = 'a', global = true)]
     address: Option<PathBuf>,
     /// TOML configuration file; flags override it.
     #[arg(long, short = 'c')]
@@ -47,6 +49,20 @@ struct Args {
     /// error, warn, info, debug or trace.
     #[arg(long)]
     log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Publish one event (a protobuf `google.protobuf.Any` on stdin) to a running daemon;
+    /// shims run this as their publish binary, as they run `containerd publish`.
+    Publish {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        namespace: String,
+    },
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -136,7 +152,14 @@ fn listen(address: &Path) -> Result<UnixListener> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let s = settings(Args::parse())?;
+    let mut args = Args::parse();
+    if let Some(Command::Publish { topic, namespace }) = args.command.take() {
+        let address = args
+            .address
+            .unwrap_or_else(|| "/run/berth/berth.sock".into());
+        return publish::run(&address, &topic, &namespace).await;
+    }
+    let s = settings(args)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&s.log_level).context("bad --log-level")?,
