@@ -209,6 +209,38 @@ impl Berthd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Kills whatever shims and containers this daemon's bundles still record, so that a
+    /// failed test leaves no process, runc state or mount behind.
+    fn reap_tasks(&self) {
+        let base = self.state.join("io.containerd.runtime.v2.task");
+        let Ok(namespaces) = std::fs::read_dir(&base) else {
+            return;
+        };
+        for ns in namespaces.flatten() {
+            for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let id = b.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = std::fs::read_to_string(b.path().join("shim.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: signalling a process by pid; a stale pid only risks ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(Path::new("/run/containerd/runc").join(ns.file_name()))
+                    .args(["delete", "--force", &id])
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(b.path().join("rootfs"))
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
     /// Mount points below this daemon's directories that are still mounted.
     pub fn leftover_mounts(&self) -> Vec<String> {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -225,12 +257,22 @@ impl Berthd {
 impl Drop for Berthd {
     fn drop(&mut self) {
         self.kill();
+        self.reap_tasks();
         let mut left = self.leftover_mounts();
         left.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in left {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
     }
+}
+
+/// A berthd with a busybox image pulled from a registry on loopback; returns the reference.
+pub fn berthd_with_busybox(reg: &Registry, ns: &str) -> (Berthd, String) {
+    let img = OciImage::build(&[busybox_layer()]);
+    let reference = img.push(reg, "busybox");
+    let d = Berthd::start();
+    d.ctr_ok(ns, &["images", "pull", "--plain-http", &reference]);
+    (d, reference)
 }
 
 /// One file system entry of a test layer.
@@ -317,7 +359,9 @@ pub fn busybox_layer() -> Vec<Entry> {
         Entry::Dir("bin", 0o755),
         Entry::File("bin/busybox".into(), bb, 0o755),
     ];
-    for applet in ["sh", "ls", "cat", "echo", "true", "sleep"] {
+    for applet in [
+        "sh", "ls", "cat", "echo", "true", "sleep", "ps", "stty", "kill", "id", "env",
+    ] {
         e.push(Entry::Symlink(
             Box::leak(format!("bin/{applet}").into_boxed_str()),
             "busybox",

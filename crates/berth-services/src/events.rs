@@ -44,9 +44,23 @@ impl EventBus {
         });
     }
 
-    fn send(&self, e: Envelope) {
+    pub(crate) fn send(&self, e: Envelope) {
         // No subscriber is not an error.
         let _ = self.tx.send(e);
+    }
+}
+
+impl berth_runtime::EventSink for EventBus {
+    fn publish(&self, namespace: &str, topic: &str, event: berth_core::containers::AnyValue) {
+        self.send(Envelope {
+            timestamp: timestamp(Timestamp::now()),
+            namespace: namespace.to_owned(),
+            topic: topic.to_owned(),
+            event: Some(prost_types::Any {
+                type_url: event.type_url,
+                value: event.value,
+            }),
+        });
     }
 }
 
@@ -62,7 +76,7 @@ impl Filterable for Matchable<'_> {
     }
 }
 
-fn validate_topic(topic: &str) -> Result<(), Status> {
+pub(crate) fn validate_topic(topic: &str) -> Result<(), Status> {
     if topic.len() < 2 || !topic.starts_with('/') || topic.contains("//") || topic.ends_with('/') {
         return Err(Status::invalid_argument(format!(
             "invalid event topic {topic:?}: must look like /a/b"

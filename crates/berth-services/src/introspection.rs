@@ -48,6 +48,15 @@ impl IntrospectionService {
                 vec!["io.containerd.metadata.v1".into()],
             ),
         ];
+        plugins.push((
+            "io.containerd.runtime.v2".into(),
+            "task".into(),
+            vec![
+                "io.containerd.event.v1".into(),
+                "io.containerd.metadata.v1".into(),
+            ],
+        ));
+        plugins.push(("io.containerd.event.v1".into(), "exchange".into(), vec![]));
         for sn in snapshotters {
             plugins.push((
                 "io.containerd.snapshotter.v1".into(),
@@ -56,13 +65,16 @@ impl IntrospectionService {
             ));
         }
         for svc in [
+            "containers",
             "content",
             "diff",
+            "events",
             "images",
             "introspection",
             "leases",
             "namespaces",
             "snapshots",
+            "tasks",
             "version",
         ] {
             plugins.push((

@@ -13,8 +13,10 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod shim_events;
 pub mod snapshots;
 pub mod status;
+pub mod tasks;
 pub mod version;
 
 /// The generated server traits and servers, one module per service.
@@ -33,7 +35,8 @@ pub mod server {
         "containerd.services.snapshots.v1.Snapshots.rs",
         "containerd.services.diff.v1.Diff.rs",
         "containerd.services.containers.v1.Containers.rs",
-        "containerd.services.events.v1.Events.rs"
+        "containerd.services.events.v1.Events.rs",
+        "containerd.services.tasks.v1.Tasks.rs"
     );
 }
 

@@ -27,6 +27,14 @@ pub fn to_status(e: Error) -> Status {
     Status::new(code_of(e.kind()), e.to_string())
 }
 
+/// Runtime errors: a shim's own status code and message pass through unchanged.
+pub fn runtime_status(e: berth_runtime::Error) -> Status {
+    match e.grpc_code() {
+        Some(code) => Status::new(Code::from_i32(code), e.to_string()),
+        None => Status::new(code_of(e.kind()), e.to_string()),
+    }
+}
+
 /// The namespace a request is for, from the `containerd-namespace` header.
 pub fn namespace<T>(req: &Request<T>) -> Result<Namespace, Status> {
     let v = req.metadata().get(NAMESPACE_HEADER).ok_or_else(|| {
@@ -118,6 +126,19 @@ mod tests {
             source: std::io::ErrorKind::NotFound.into(),
         };
         assert_eq!(to_status(nf).code(), Code::NotFound);
+    }
+
+    #[test]
+    fn shim_codes_pass_through() {
+        let e = berth_runtime::Error::Shim {
+            code: 2,
+            message: "OCI runtime create failed: bad spec".into(),
+        };
+        let s = runtime_status(e);
+        assert_eq!(s.code(), Code::Unknown);
+        assert_eq!(s.message(), "OCI runtime create failed: bad spec");
+        let e = berth_runtime::Error::Core(Error::NotFound("task \"x\"".into()));
+        assert_eq!(runtime_status(e).code(), Code::NotFound);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! berthd: serves containerd's API v1 on a unix socket. This file is the wiring: it reads
 //! the configuration, opens the stores under --root, and hands them to the services.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,12 +16,13 @@ use berth_core::images::Images;
 use berth_core::metadata::MetaStore;
 use berth_core::namespaces::Namespaces;
 use berth_core::snapshot::{Backend, Native, Overlay, Snapshots};
+use berth_runtime::{ManagerConfig, ShimManager};
 use berth_services::server::{
     containers_server::ContainersServer, content_server::ContentServer, diff_server::DiffServer,
     events_server::EventsServer, images_server::ImagesServer,
     introspection_server::IntrospectionServer, leases_server::LeasesServer,
     namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
-    version_server::VersionServer,
+    tasks_server::TasksServer, version_server::VersionServer,
 };
 use clap::Parser;
 use serde::Deserialize;
@@ -74,6 +76,9 @@ struct Config {
     log_level: Option<String>,
     /// Seconds between garbage collections when nothing triggers one.
     gc_interval_secs: Option<u64>,
+    /// Runtime name → shim binary, overriding the lookup of `containerd-shim-NAME-VERSION`.
+    #[serde(default)]
+    runtimes: HashMap<String, PathBuf>,
 }
 
 struct Settings {
@@ -82,6 +87,7 @@ struct Settings {
     address: PathBuf,
     log_level: String,
     gc_interval: Duration,
+    runtimes: HashMap<String, PathBuf>,
 }
 
 fn settings(args: Args) -> Result<Settings> {
@@ -111,6 +117,7 @@ fn settings(args: Args) -> Result<Settings> {
             .or(cfg.log_level)
             .unwrap_or_else(|| "info".into()),
         gc_interval: Duration::from_secs(cfg.gc_interval_secs.unwrap_or(300)),
+        runtimes: cfg.runtimes,
     })
 }
 
@@ -205,10 +212,26 @@ async fn main() -> Result<()> {
         .stable_value("server-uuid", || uuid::Uuid::new_v4().to_string())
         .context("server uuid")?;
 
-    let incoming = UnixListenerStream::new(listen(&s.address)?);
-    tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
     use berth_services::*;
     let events = events::EventBus::default();
+    let ttrpc_address = PathBuf::from(format!("{}.ttrpc", s.address.display()));
+    let mut ttrpc = serve_ttrpc(&ttrpc_address, events.clone()).await?;
+    let runtime = ShimManager::new(
+        ManagerConfig {
+            state: s.state.clone(),
+            daemon_address: s.address.clone(),
+            ttrpc_address: ttrpc_address.clone(),
+            publish_binary: std::env::current_exe().context("locate berthd binary")?,
+            runtimes: s.runtimes.clone(),
+            debug: matches!(s.log_level.as_str(), "debug" | "trace"),
+        },
+        Arc::new(events.clone()),
+    );
+    runtime.recover().await;
+    let containers = Arc::new(berth_core::containers::Containers::new(meta.clone()));
+
+    let incoming = UnixListenerStream::new(listen(&s.address)?);
+    tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
     tonic::transport::Server::builder()
         .add_service(VersionServer::new(version::VersionService))
         .add_service(NamespacesServer::new(namespaces::NamespacesService {
@@ -229,8 +252,12 @@ async fn main() -> Result<()> {
         )
         .add_service(ContainersServer::new(containers::ContainersService {
             events: events.clone(),
-            store: Arc::new(berth_core::containers::Containers::new(meta.clone())),
+            store: containers.clone(),
             gc: gc.clone(),
+        }))
+        .add_service(TasksServer::new(tasks::TasksService {
+            containers: containers.clone(),
+            runtime: runtime.clone(),
         }))
         .add_service(ImagesServer::new(images::ImagesService {
             events: events.clone(),
@@ -257,8 +284,34 @@ async fn main() -> Result<()> {
         .await
         .context("serve")?;
     let _ = std::fs::remove_file(&s.address);
-    tracing::info!("berthd stopped");
+    let _ = ttrpc.shutdown().await;
+    let _ = std::fs::remove_file(&ttrpc_address);
+    tracing::info!("berthd stopped; running containers stay with their shims");
     Ok(())
+}
+
+/// The ttrpc socket shims forward their events to (TTRPC_ADDRESS), 0660 like the gRPC one.
+async fn serve_ttrpc(
+    address: &Path,
+    events: berth_services::events::EventBus,
+) -> Result<ttrpc::asynchronous::Server> {
+    match std::fs::remove_file(address) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove stale socket {}", address.display()))
+        }
+        _ => {}
+    }
+    let mut server = ttrpc::asynchronous::Server::new()
+        .bind(&format!("unix://{}", address.display()))
+        .with_context(|| format!("listen on {}", address.display()))?
+        .register_service(berth_services::shim_events::ttrpc_services(events));
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", address.display()))?;
+    server
+        .start()
+        .await
+        .with_context(|| format!("serve ttrpc on {}", address.display()))?;
+    Ok(server)
 }
 
 /// Temporary mount points of a berthd that died mid-apply or mid-diff: unmount and remove.

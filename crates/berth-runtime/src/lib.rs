@@ -1,0 +1,13 @@
+//! berth-runtime: the runtime side of the daemon. It writes OCI bundles under the state
+//! directory, starts shim v2 binaries and drives their task API over ttrpc, keeps the book
+//! of live tasks, notices shims that die, and finds running shims again after a restart.
+
+pub mod bundle;
+pub mod error;
+pub mod manager;
+pub mod shim;
+pub mod task;
+
+pub use error::{Error, Result};
+pub use manager::{CreateTask, EventSink, ManagerConfig, ShimManager, Task};
+pub use task::{Exit, ProcessState, Stdio, TaskStatus};
