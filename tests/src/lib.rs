@@ -151,7 +151,7 @@ impl Berthd {
             .arg("--address")
             .arg(&self.socket)
             .arg("--log-level")
-            .arg("debug")
+            .arg("info,berthd=debug,berth_runtime=debug,berth_services=debug,shim=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

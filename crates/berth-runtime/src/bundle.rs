@@ -168,6 +168,14 @@ impl Bundle {
             .ok()
     }
 
+    /// Records the shim's pid where containerd's newer shims write it themselves, so that
+    /// operators and cleanup find the shim of a bundle.
+    pub fn record_shim_pid(&self, pid: u32) {
+        if self.shim_pid().is_none() && pid != 0 {
+            let _ = std::fs::write(self.path.join("shim.pid"), pid.to_string());
+        }
+    }
+
     pub fn shim_binary(&self) -> Option<PathBuf> {
         let bytes = std::fs::read(self.path.join(SHIM_BINARY_FILE)).ok()?;
         Some(PathBuf::from(std::ffi::OsString::from(

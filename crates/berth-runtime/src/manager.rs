@@ -300,6 +300,7 @@ impl ShimManager {
             Ok((shim_pid, _)) => shim_pid,
             Err(_) => bundle.shim_pid().map_or(0, |p| p as u32),
         };
+        bundle.record_shim_pid(shim_pid);
         let task = Arc::new(Task {
             namespace: req.namespace.clone(),
             id: req.id.clone(),
@@ -466,6 +467,7 @@ impl ShimManager {
             match live {
                 Ok((client, shim_pid, task_pid)) => {
                     tracing::info!(task = %bundle.id, ns = %bundle.namespace, shim_pid, "reconnected to shim");
+                    bundle.record_shim_pid(shim_pid);
                     let log = spawn_log_reader(&bundle);
                     let task = Arc::new(Task {
                         namespace: bundle.namespace.clone(),

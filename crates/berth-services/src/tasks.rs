@@ -46,10 +46,15 @@ fn any_out(a: AnyValue) -> prost_types::Any {
     }
 }
 
+/// containerd fills `id` with the process id: the task's own id for its init process.
 fn process_out(p: ProcessState) -> Process {
     Process {
+        id: if p.exec_id.is_empty() {
+            p.container_id.clone()
+        } else {
+            p.exec_id
+        },
         container_id: p.container_id,
-        id: p.exec_id,
         pid: p.pid,
         status: p.status as i32,
         stdin: p.stdio.stdin,
