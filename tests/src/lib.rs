@@ -186,7 +186,9 @@ impl Berthd {
     /// Runs `ctr -a SOCKET -n NS ARGS...`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
         require("ctr");
-        Command::new("ctr")
+        // Bounded: a daemon that hangs fails the test instead of stalling the suite.
+        Command::new("timeout")
+            .args(["-s", "KILL", "120", "ctr"])
             .arg("-a")
             .arg(&self.socket)
             .arg("-n")

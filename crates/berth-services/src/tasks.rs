@@ -307,6 +307,7 @@ impl tasks_server::Tasks for TasksService {
     async fn close_io(&self, req: Request<CloseIoRequest>) -> R<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
+        tracing::debug!(task = %r.container_id, exec = %r.exec_id, stdin = r.stdin, "close io");
         let task = self
             .runtime
             .get(ns.as_str(), &r.container_id)
