@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on a fresh machine: install, build, start berthd with its
 # defaults, get an image built from /bin/busybox through a loopback registry (no
-# internet), and list it with Debian's ctr.
+# internet), list it and run a container from it with Debian's ctr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -18,7 +18,8 @@ trap cleanup EXIT
 port=5123
 printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" > "$work/registry.yml"
 docker-registry serve "$work/registry.yml" & reg_pid=$!
-mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox" && ln -s busybox "$work/rootfs/bin/sh"
+mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox"
+for applet in sh echo uname; do ln -s busybox "$work/rootfs/bin/$applet"; done
 umoci init --layout "$work/oci" && umoci new --image "$work/oci:latest"
 umoci insert --image "$work/oci:latest" "$work/rootfs" /
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
@@ -31,3 +32,4 @@ ctr -a /run/berth/berth.sock version
 ctr -a /run/berth/berth.sock images pull --plain-http "127.0.0.1:$port/busybox:latest"
 ctr -a /run/berth/berth.sock images ls
 ctr -a /run/berth/berth.sock snapshots ls
+ctr -a /run/berth/berth.sock run --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r)"'
