@@ -6,6 +6,7 @@
 # RSS of both daemons. Usage: bash bench/pull.sh [RUNS]   (needs root; run install-deps first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 runs=${1:-5}
 cargo build --release --locked -p berthd >/dev/null
 berthd_bin=$PWD/target/release/berthd
@@ -42,19 +43,8 @@ ref=127.0.0.1:$port/bench/three:latest
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$ref"
 rm -rf "$work/oci"
 
-"$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & b_pid=$!
-cat > "$work/containerd.toml" <<CFG
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/containerd.sock"
-CFG
-containerd --config "$work/containerd.toml" --log-level warn 2>"$work/containerd.log" & c_pid=$!
-for s in berth.sock containerd.sock; do for _ in $(seq 100); do [[ -S $work/$s ]] && break; sleep 0.1; done; done
+start_daemons
 
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 b_idle0=$(rss $b_pid); c_idle0=$(rss $c_pid)
 
 pull() { # socket -> seconds
@@ -71,7 +61,6 @@ for i in $(seq "$runs"); do
   b_times+=("$b"); c_times+=("$c")
   printf 'run %d: berthd %.3fs  containerd %.3fs\n' "$i" "$b" "$c"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 bm=$(median "${b_times[@]}"); cm=$(median "${c_times[@]}")
 sleep 2
 b_idle=$(rss $b_pid); c_idle=$(rss $c_pid)

@@ -5,6 +5,7 @@
 # on tmpfs. Usage: bash bench/run.sh [RUNS]   (needs root; run scripts/install-deps.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 runs=${1:-20}
 idle=${IDLE:-50}
 cargo build --release --locked -p berthd >/dev/null
@@ -41,17 +42,7 @@ umoci insert --image "$work/oci:latest" "$work/rootfs" / >/dev/null
 skopeo copy --quiet "oci:$work/oci:latest" "oci-archive:$work/bb.tar:bench/busybox:latest"
 img=bench/busybox:latest
 
-"$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & b_pid=$!
-cat > "$work/containerd.toml" <<CFG
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/containerd.sock"
-CFG
-containerd --config "$work/containerd.toml" --log-level warn 2>"$work/containerd.log" & c_pid=$!
-for s in berth.sock containerd.sock; do for _ in $(seq 100); do [[ -S $work/$s ]] && break; sleep 0.1; done; done
+start_daemons
 ctr -a "$work/berth.sock" -n "$b_ns" images import "$work/bb.tar" >/dev/null
 ctr -a "$work/containerd.sock" -n "$c_ns" images import "$work/bb.tar" >/dev/null
 
@@ -70,10 +61,8 @@ for i in $(seq "$runs"); do
   b_times+=("$b"); c_times+=("$c")
   printf 'run %d: berthd %.3fs  containerd %.3fs\n' "$i" "$b" "$c"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 bm=$(median "${b_times[@]}"); cm=$(median "${c_times[@]}")
 
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 for i in $(seq "$idle"); do
   ctr -a "$work/berth.sock" -n "$b_ns" run -d "$img" "idle$i" sleep 100000 >/dev/null
   ctr -a "$work/containerd.sock" -n "$c_ns" run -d "$img" "idle$i" sleep 100000 >/dev/null

@@ -16,6 +16,12 @@ use containerd_client::services::v1::{
 };
 use containerd_client::tonic::{Code, Request};
 
+macro_rules! in_ns {
+    ($r:expr, $ns:expr) => {
+        containerd_client::with_namespace!($r, $ns)
+    };
+}
+
 /// A container that stops cleanly on SIGTERM (pid 1 ignores signals it does not handle).
 const TERMINABLE: &[&str] = &[
     "sh",
@@ -103,10 +109,30 @@ fn grpc<T>(
     })
 }
 
-macro_rules! in_ns {
-    ($r:expr, $ns:expr) => {
-        containerd_client::with_namespace!($r, $ns)
-    };
+fn process(d: &Berthd, ns: &str, id: &str) -> containerd_client::types::v1::Process {
+    grpc(d, ns, async |mut c, ns| {
+        let req = GetRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        let r = c.get(in_ns!(req, ns)).await.unwrap().into_inner();
+        r.process.unwrap()
+    })
+}
+
+/// Tasks.Wait on the init process: its exit status.
+fn wait_exit(d: &Berthd, ns: &str, id: &str) -> u32 {
+    grpc(d, ns, async |mut c, ns| {
+        let req = WaitRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        c.wait(in_ns!(req, ns))
+            .await
+            .unwrap()
+            .into_inner()
+            .exit_status
+    })
 }
 
 #[test]
@@ -493,21 +519,7 @@ fn root_containers_survive_a_daemon_kill_and_are_found_again() {
     wait_status(&d, ns, "keep-1", "RUNNING");
     wait_status(&d, ns, "keep-2", "RUNNING");
     wait_status(&d, ns, "exits-1", "STOPPED");
-    let status = grpc(&d, ns, async |mut c, ns| {
-        c.get(in_ns!(
-            GetRequest {
-                container_id: "exits-1".into(),
-                exec_id: String::new()
-            },
-            ns
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .process
-        .unwrap()
-        .exit_status
-    });
+    let status = process(&d, ns, "exits-1").exit_status;
     assert_eq!(status, 5);
 
     let o = d.ctr(
@@ -530,19 +542,7 @@ fn root_containers_survive_a_daemon_kill_and_are_found_again() {
         d.log()
     );
     d.ctr_ok(ns, &["task", "kill", "-s", "SIGTERM", "keep-2"]);
-    let code = grpc(&d, ns, async |mut c, ns| {
-        c.wait(in_ns!(
-            WaitRequest {
-                container_id: "keep-2".into(),
-                exec_id: String::new()
-            },
-            ns
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .exit_status
-    });
+    let code = wait_exit(&d, ns, "keep-2");
     assert_eq!(code, 0);
     d.ctr_ok(ns, &["task", "kill", "-s", "SIGKILL", "keep-1"]);
     wait_status(&d, ns, "keep-1", "STOPPED");
@@ -651,37 +651,11 @@ fn root_killed_shim_turns_task_stopped_and_releases_it() {
     run_detached(&d, ns, &img, "orphan-1", TERMINABLE);
     wait_status(&d, ns, "orphan-1", "RUNNING");
     let shim = shim_pid(&d, ns, "orphan-1");
-    let task_pid = grpc(&d, ns, async |mut c, ns| {
-        c.get(in_ns!(
-            GetRequest {
-                container_id: "orphan-1".into(),
-                exec_id: String::new()
-            },
-            ns
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .process
-        .unwrap()
-        .pid
-    });
+    let task_pid = process(&d, ns, "orphan-1").pid;
     // SAFETY: killing the shim process this test's daemon started.
     unsafe { libc::kill(shim, libc::SIGKILL) };
     wait_status(&d, ns, "orphan-1", "STOPPED");
-    let exit = grpc(&d, ns, async |mut c, ns| {
-        c.wait(in_ns!(
-            WaitRequest {
-                container_id: "orphan-1".into(),
-                exec_id: String::new()
-            },
-            ns
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .exit_status
-    });
+    let exit = wait_exit(&d, ns, "orphan-1");
     // The shim's cleanup kills what is left of the container: 128 + SIGKILL.
     assert_eq!(exit, 137, "exit of a task whose shim died");
     let start = Instant::now();

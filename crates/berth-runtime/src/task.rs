@@ -70,6 +70,21 @@ pub struct ProcessState {
     pub exited_at: Option<Timestamp>,
 }
 
+impl ProcessState {
+    /// What is known of a task's init process when its shim cannot be asked.
+    pub fn unknown(container_id: &str, pid: u32) -> Self {
+        ProcessState {
+            container_id: container_id.to_owned(),
+            exec_id: String::new(),
+            pid,
+            status: TaskStatus::Unknown,
+            stdio: Stdio::default(),
+            exit_status: 0,
+            exited_at: None,
+        }
+    }
+}
+
 pub(crate) fn time_from_wire(t: &MessageField<PbTimestamp>) -> Option<Timestamp> {
     t.as_ref()
         .filter(|t| t.seconds > 0 || t.nanos > 0)

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use berth_core::containers::{AnyValue, Container, Containers};
+use berth_core::containers::{Container, Containers};
 use berth_core::filters::Filter;
 use berth_core::gc::Scheduler;
 use futures::Stream;
@@ -17,7 +17,9 @@ use crate::api::{
 };
 use crate::events::EventBus;
 use crate::server::containers_server;
-use crate::status::{blocking, labels_in, labels_out, namespace, timestamp, to_status};
+use crate::status::{
+    any_in, any_out, blocking, labels_in, labels_out, namespace, timestamp, to_status,
+};
 use containerd_client::events::{
     container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
 };
@@ -26,20 +28,6 @@ pub struct ContainersService {
     pub store: Arc<Containers>,
     pub gc: Scheduler,
     pub events: EventBus,
-}
-
-fn any_in(a: prost_types::Any) -> AnyValue {
-    AnyValue {
-        type_url: a.type_url,
-        value: a.value,
-    }
-}
-
-fn any_out(a: AnyValue) -> prost_types::Any {
-    prost_types::Any {
-        type_url: a.type_url,
-        value: a.value,
-    }
 }
 
 fn container_in(c: ContainerPb) -> Container {

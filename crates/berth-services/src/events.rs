@@ -56,10 +56,7 @@ impl berth_runtime::EventSink for EventBus {
             timestamp: timestamp(Timestamp::now()),
             namespace: namespace.to_owned(),
             topic: topic.to_owned(),
-            event: Some(prost_types::Any {
-                type_url: event.type_url,
-                value: event.value,
-            }),
+            event: Some(crate::status::any_out(event)),
         });
     }
 }

@@ -94,6 +94,20 @@ pub async fn collect_after_delete(
     Ok(())
 }
 
+pub fn any_in(a: prost_types::Any) -> berth_core::containers::AnyValue {
+    berth_core::containers::AnyValue {
+        type_url: a.type_url,
+        value: a.value,
+    }
+}
+
+pub fn any_out(a: berth_core::containers::AnyValue) -> prost_types::Any {
+    prost_types::Any {
+        type_url: a.type_url,
+        value: a.value,
+    }
+}
+
 pub fn digest(s: &str) -> Result<berth_core::Digest, Status> {
     berth_core::Digest::parse(s).map_err(to_status)
 }

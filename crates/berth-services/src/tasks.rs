@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
-use berth_core::containers::{AnyValue, Containers};
+use berth_core::containers::Containers;
 use berth_core::filters::{Filter, Filterable};
 use berth_core::metadata::Timestamp;
 use berth_core::mount::Mount;
+use berth_core::Namespace;
+use berth_runtime::shim::ShimClient;
 use berth_runtime::{CreateTask, ProcessState, ShimManager, Stdio};
 use tonic::{Request, Response, Status};
 
@@ -20,7 +22,7 @@ use crate::api::{
     WaitRequest, WaitResponse,
 };
 use crate::server::tasks_server;
-use crate::status::{blocking, namespace, runtime_status, timestamp, to_status};
+use crate::status::{any_in, any_out, blocking, namespace, runtime_status, timestamp, to_status};
 use crate::types::v1::{Process, ProcessInfo};
 use crate::types::Metric;
 
@@ -30,20 +32,6 @@ pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
 pub struct TasksService {
     pub containers: Arc<Containers>,
     pub runtime: Arc<ShimManager>,
-}
-
-fn any_in(a: Option<prost_types::Any>) -> Option<AnyValue> {
-    a.map(|a| AnyValue {
-        type_url: a.type_url,
-        value: a.value,
-    })
-}
-
-fn any_out(a: AnyValue) -> prost_types::Any {
-    prost_types::Any {
-        type_url: a.type_url,
-        value: a.value,
-    }
 }
 
 /// containerd fills `id` with the process id: the task's own id for its init process.
@@ -98,6 +86,15 @@ impl Filterable for TaskFields<'_> {
 
 type R<T> = Result<Response<T>, Status>;
 
+impl TasksService {
+    /// The shim of a live task, for calls that go straight to it.
+    fn shim(&self, ns: &Namespace, id: &str) -> Result<ShimClient, Status> {
+        let task = self.runtime.get(ns.as_str(), id).map_err(runtime_status)?;
+        let shim = task.shim().map_err(runtime_status)?.clone();
+        Ok(shim)
+    }
+}
+
 #[tonic::async_trait]
 impl tasks_server::Tasks for TasksService {
     async fn create(&self, req: Request<CreateTaskRequest>) -> R<CreateTaskResponse> {
@@ -127,7 +124,7 @@ impl tasks_server::Tasks for TasksService {
                 runtime,
                 runtime_path: (!r.runtime_path.is_empty()).then(|| r.runtime_path.into()),
                 runtime_options: c.runtime_options,
-                task_options: any_in(r.options).filter(|a| !a.type_url.is_empty()),
+                task_options: r.options.map(any_in).filter(|a| !a.type_url.is_empty()),
                 spec: spec.value,
                 rootfs: r
                     .rootfs
@@ -157,13 +154,8 @@ impl tasks_server::Tasks for TasksService {
     async fn start(&self, req: Request<StartRequest>) -> R<StartResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
-        let pid = task
-            .shim()
-            .map_err(runtime_status)?
+        let pid = self
+            .shim(&ns, &r.container_id)?
             .start(&r.exec_id)
             .await
             .map_err(runtime_status)?;
@@ -189,13 +181,8 @@ impl tasks_server::Tasks for TasksService {
                 "delete process needs an exec id; delete the task to remove its init process",
             ));
         }
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
-        let exit = task
-            .shim()
-            .map_err(runtime_status)?
+        let exit = self
+            .shim(&ns, &r.container_id)?
             .delete(&r.exec_id)
             .await
             .map_err(runtime_status)?;
@@ -228,15 +215,7 @@ impl tasks_server::Tasks for TasksService {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(task = %t.id, "state: {e}");
-                    ProcessState {
-                        container_id: t.id.clone(),
-                        exec_id: String::new(),
-                        pid: t.pid,
-                        status: berth_runtime::TaskStatus::Unknown,
-                        stdio: Stdio::default(),
-                        exit_status: 0,
-                        exited_at: None,
-                    }
+                    ProcessState::unknown(&t.id, t.pid)
                 }
             };
             if filter.matches(&TaskFields {
@@ -252,12 +231,7 @@ impl tasks_server::Tasks for TasksService {
     async fn kill(&self, req: Request<KillRequest>) -> R<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
-        task.shim()
-            .map_err(runtime_status)?
+        self.shim(&ns, &r.container_id)?
             .kill(&r.exec_id, r.signal, r.all)
             .await
             .map_err(runtime_status)?;
@@ -268,21 +242,16 @@ impl tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         exec_id_valid(&r.exec_id)?;
-        let spec = any_in(r.spec).ok_or_else(|| {
+        let spec = r.spec.map(any_in).ok_or_else(|| {
             Status::invalid_argument(format!("exec {:?} needs a process spec", r.exec_id))
         })?;
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
         let stdio = Stdio {
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
             terminal: r.terminal,
         };
-        task.shim()
-            .map_err(runtime_status)?
+        self.shim(&ns, &r.container_id)?
             .exec(&r.exec_id, &stdio, &spec)
             .await
             .map_err(runtime_status)?;
@@ -292,12 +261,7 @@ impl tasks_server::Tasks for TasksService {
     async fn resize_pty(&self, req: Request<ResizePtyRequest>) -> R<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
-        task.shim()
-            .map_err(runtime_status)?
+        self.shim(&ns, &r.container_id)?
             .resize_pty(&r.exec_id, r.width, r.height)
             .await
             .map_err(runtime_status)?;
@@ -308,12 +272,7 @@ impl tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         tracing::debug!(task = %r.container_id, exec = %r.exec_id, stdin = r.stdin, "close io");
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
-        task.shim()
-            .map_err(runtime_status)?
+        self.shim(&ns, &r.container_id)?
             .close_io(&r.exec_id, r.stdin)
             .await
             .map_err(runtime_status)?;
@@ -323,37 +282,21 @@ impl tasks_server::Tasks for TasksService {
     async fn pause(&self, req: Request<PauseTaskRequest>) -> R<()> {
         let ns = namespace(&req)?;
         let id = &req.get_ref().container_id;
-        let task = self.runtime.get(ns.as_str(), id).map_err(runtime_status)?;
-        task.shim()
-            .map_err(runtime_status)?
-            .pause()
-            .await
-            .map_err(runtime_status)?;
+        self.shim(&ns, id)?.pause().await.map_err(runtime_status)?;
         Ok(Response::new(()))
     }
 
     async fn resume(&self, req: Request<ResumeTaskRequest>) -> R<()> {
         let ns = namespace(&req)?;
         let id = &req.get_ref().container_id;
-        let task = self.runtime.get(ns.as_str(), id).map_err(runtime_status)?;
-        task.shim()
-            .map_err(runtime_status)?
-            .resume()
-            .await
-            .map_err(runtime_status)?;
+        self.shim(&ns, id)?.resume().await.map_err(runtime_status)?;
         Ok(Response::new(()))
     }
 
     async fn list_pids(&self, req: Request<ListPidsRequest>) -> R<ListPidsResponse> {
         let ns = namespace(&req)?;
         let id = &req.get_ref().container_id;
-        let task = self.runtime.get(ns.as_str(), id).map_err(runtime_status)?;
-        let pids = task
-            .shim()
-            .map_err(runtime_status)?
-            .pids()
-            .await
-            .map_err(runtime_status)?;
+        let pids = self.shim(&ns, id)?.pids().await.map_err(runtime_status)?;
         Ok(Response::new(ListPidsResponse {
             processes: pids
                 .into_iter()
@@ -375,13 +318,8 @@ impl tasks_server::Tasks for TasksService {
     async fn update(&self, req: Request<UpdateTaskRequest>) -> R<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let task = self
-            .runtime
-            .get(ns.as_str(), &r.container_id)
-            .map_err(runtime_status)?;
-        task.shim()
-            .map_err(runtime_status)?
-            .update(any_in(r.resources).as_ref(), r.annotations)
+        self.shim(&ns, &r.container_id)?
+            .update(r.resources.map(any_in).as_ref(), r.annotations)
             .await
             .map_err(runtime_status)?;
         Ok(Response::new(()))
@@ -393,15 +331,7 @@ impl tasks_server::Tasks for TasksService {
         let mut metrics = Vec::new();
         for t in self.runtime.list(ns.as_str()) {
             let Ok(shim) = t.shim() else { continue };
-            let state = ProcessState {
-                container_id: t.id.clone(),
-                exec_id: String::new(),
-                pid: t.pid,
-                status: berth_runtime::TaskStatus::Unknown,
-                stdio: Stdio::default(),
-                exit_status: 0,
-                exited_at: None,
-            };
+            let state = ProcessState::unknown(&t.id, t.pid);
             if !filter.matches(&TaskFields {
                 ns: ns.as_str(),
                 state: &state,
