@@ -818,15 +818,7 @@ fn root_containers_create_list_info_label_and_remove() {
 #[test]
 fn root_events_stream_object_changes_in_order() {
     let d = Berthd::start();
-    let mut sub = std::process::Command::new("ctr")
-        .arg("-a")
-        .arg(&d.socket)
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = EventWatch::start(&d);
     d.ctr_ok("default", &["namespaces", "create", "evns"]);
     d.ctr_ok("default", &["snapshots", "prepare", "work", ""]);
     d.ctr_ok("default", &["snapshots", "commit", "done", "work"]);
@@ -840,14 +832,8 @@ fn root_events_stream_object_changes_in_order() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"event me").unwrap();
     assert!(child.wait().unwrap().success());
     d.ctr_ok("default", &["content", "rm", &sha256(b"event me")]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let _ = sub.kill();
-    let out = sub.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let topics: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
-        .collect();
+    let text = events.finish();
+    let topics = EventWatch::topics(&text, &["/"]);
     assert_eq!(
         topics,
         [
@@ -857,8 +843,7 @@ fn root_events_stream_object_changes_in_order() {
             "/snapshot/remove",
             "/content/delete"
         ],
-        "events:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "events:\n{text}"
     );
     assert!(
         text.contains("\"key\":\"work\"") || text.contains("work"),
@@ -870,14 +855,7 @@ fn root_events_stream_object_changes_in_order() {
 fn root_publish_subcommand_delivers_a_shim_event() {
     use prost::Message;
     let d = Berthd::start();
-    let mut sub = std::process::Command::new("ctr")
-        .arg("-a")
-        .arg(&d.socket)
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = EventWatch::start(&d);
     let oom = containerd_client::events::TaskOom {
         container_id: "published-by-shim".into(),
     };
@@ -908,10 +886,7 @@ fn root_publish_subcommand_delivers_a_shim_event() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let _ = sub.kill();
-    let out = sub.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = events.finish();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("/tasks/oom")).collect();
     assert_eq!(lines.len(), 1, "events:\n{text}");
     assert!(lines[0].contains("pubns"), "{text}");

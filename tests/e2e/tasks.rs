@@ -196,14 +196,7 @@ fn root_detached_task_exec_ps_pause_resume_kill_metrics_rm() {
     let reg = Registry::start();
     let ns = "life";
     let (d, img) = berthd_with_busybox(&reg, ns);
-    let mut events = Command::new("ctr")
-        .arg("-a")
-        .arg(&d.socket)
-        .args(["events"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let events = EventWatch::start(&d);
     run_detached(&d, ns, &img, "life-1", TERMINABLE);
     wait_status(&d, ns, "life-1", "RUNNING");
     let shim = shim_pid(&d, ns, "life-1");
@@ -287,13 +280,8 @@ fn root_detached_task_exec_ps_pause_resume_kill_metrics_rm() {
     d.ctr_ok(ns, &["containers", "rm", "life-1"]);
     assert!(d.ctr_ok(ns, &["task", "ls", "-q"]).trim().is_empty());
     assert!(d.ctr_ok(ns, &["containers", "ls", "-q"]).trim().is_empty());
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let text = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
-    let topics: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
-        .collect();
+    let text = events.finish();
+    let topics = EventWatch::topics(&text, &["/tasks/"]);
     assert_eq!(
         topics,
         [
@@ -401,24 +389,11 @@ fn root_run_with_terminal_echoes_input() {
 fn root_events_show_a_run_in_order() {
     let reg = Registry::start();
     let (d, img) = berthd_with_busybox(&reg, "default");
-    let mut sub = Command::new("ctr")
-        .arg("-a")
-        .arg(&d.socket)
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let events = EventWatch::start(&d);
     let out = d.ctr_ok("default", &["run", "--rm", &img, "ev-1", "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = sub.kill();
-    let text = String::from_utf8_lossy(&sub.wait_with_output().unwrap().stdout).into_owned();
-    let topics: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
-        .filter(|t| t.starts_with("/tasks/") || t.starts_with("/containers/"))
-        .collect();
+    let text = events.finish();
+    let topics = EventWatch::topics(&text, &["/tasks/", "/containers/"]);
     assert_eq!(
         topics,
         [

@@ -268,6 +268,52 @@ impl Drop for Berthd {
     }
 }
 
+/// `ctr events` running against a daemon, collecting what it prints.
+pub struct EventWatch(Child);
+
+impl EventWatch {
+    pub fn start(d: &Berthd) -> Self {
+        let child = Command::new("ctr")
+            .arg("-a")
+            .arg(&d.socket)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Give the subscription time to reach the daemon before anything happens.
+        std::thread::sleep(Duration::from_millis(500));
+        EventWatch(child)
+    }
+
+    /// Stops watching (after a moment for late events) and returns what was printed.
+    pub fn finish(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.0.kill();
+        let mut text = String::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut text);
+        }
+        text
+    }
+
+    /// The topics printed, in order, that start with one of `prefixes`.
+    pub fn topics(text: &str, prefixes: &[&str]) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+            .filter(|t| prefixes.iter().any(|p| t.starts_with(p)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A berthd with a busybox image pulled from a registry on loopback; returns the reference.
 pub fn berthd_with_busybox(reg: &Registry, ns: &str) -> (Berthd, String) {
     let img = OciImage::build(&[busybox_layer()]);
