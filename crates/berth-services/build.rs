@@ -522,6 +522,32 @@ fn main() {
                 ("wait", "Wait", "WaitRequest", "WaitResponse", false, false),
             ],
         ),
+        service(
+            "Streaming",
+            "containerd.services.streaming.v1",
+            "",
+            &[(
+                "stream",
+                "Stream",
+                "::prost_types::Any",
+                "::prost_types::Any",
+                true,
+                true,
+            )],
+        ),
+        service(
+            "Transfer",
+            "containerd.services.transfer.v1",
+            "",
+            &[(
+                "transfer",
+                "Transfer",
+                "TransferRequest",
+                "()",
+                false,
+                false,
+            )],
+        ),
     ];
     Builder::new()
         .build_client(false)

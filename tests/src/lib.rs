@@ -53,14 +53,40 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A registry that wants basic authentication (htpasswd, bcrypt) for `user`.
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Self {
+        require("htpasswd");
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        Self::start_with(Some(out.stdout))
+    }
+
+    fn start_with(htpasswd: Option<Vec<u8>>) -> Self {
         require("docker-registry");
         let dir = tempfile::tempdir().unwrap();
+        let extra = match htpasswd {
+            Some(h) => {
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, h).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         let port = free_port();
         let cfg = dir.path().join("config.yml");
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -431,55 +457,73 @@ pub struct OciImage {
     pub diff_ids: Vec<String>,
 }
 
+/// Writes a blob into an OCI layout's blob directory; returns its digest.
+fn put_blob(blobs: &Path, data: &[u8]) -> String {
+    let d = sha256(data);
+    std::fs::write(blobs.join(&d[7..]), data).unwrap();
+    d
+}
+
+/// Writes the layers, config and manifest of one image; returns (manifest digest, size, diff ids).
+fn write_manifest(blobs: &Path, layers: &[Vec<Entry>], arch: &str) -> (String, usize, Vec<String>) {
+    let mut diff_ids = Vec::new();
+    let mut layer_descs = Vec::new();
+    for l in layers {
+        let tar = layer_tar(l);
+        diff_ids.push(sha256(&tar));
+        let gz = gzip(&tar);
+        let d = put_blob(blobs, &gz);
+        layer_descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let cd = put_blob(blobs, &config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": layer_descs,
+    }))
+    .unwrap();
+    (put_blob(blobs, &manifest), manifest.len(), diff_ids)
+}
+
 impl OciImage {
-    pub fn build(layers: &[Vec<Entry>]) -> Self {
+    fn layout() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = dir.path().join("blobs/sha256");
-        std::fs::create_dir_all(&blobs).unwrap();
-        let put = |data: &[u8]| -> String {
-            let d = sha256(data);
-            std::fs::write(blobs.join(&d[7..]), data).unwrap();
-            d
-        };
-        let mut diff_ids = Vec::new();
-        let mut layer_descs = Vec::new();
-        for l in layers {
-            let tar = layer_tar(l);
-            diff_ids.push(sha256(&tar));
-            let gz = gzip(&tar);
-            let d = put(&gz);
-            layer_descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
-        }
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }))
-        .unwrap();
-        let cd = put(&config);
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-            "layers": layer_descs,
-        }))
-        .unwrap();
-        let md = put(&manifest);
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-                           "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
-        });
-        std::fs::write(
-            dir.path().join("index.json"),
-            serde_json::to_vec(&index).unwrap(),
-        )
-        .unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
         std::fs::write(
             dir.path().join("oci-layout"),
             br#"{"imageLayoutVersion":"1.0.0"}"#,
         )
         .unwrap();
+        dir
+    }
+
+    fn finish(dir: &Path, media_type: &str, digest: &str, size: usize) {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": media_type, "digest": digest, "size": size,
+                           "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+        });
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    /// A single-platform (linux/amd64) image.
+    pub fn build(layers: &[Vec<Entry>]) -> Self {
+        let dir = Self::layout();
+        let (md, size, diff_ids) =
+            write_manifest(&dir.path().join("blobs/sha256"), layers, "amd64");
+        Self::finish(
+            dir.path(),
+            "application/vnd.oci.image.manifest.v1+json",
+            &md,
+            size,
+        );
         OciImage {
             dir,
             manifest_digest: md,
@@ -487,12 +531,56 @@ impl OciImage {
         }
     }
 
-    /// Pushes the image to `registry` as `repo:latest` with skopeo.
+    /// A multi-platform image: an OCI index with one manifest per (architecture, layers).
+    /// `manifest_digest` is the index's digest; `diff_ids` are the first platform's.
+    pub fn build_index(platforms: &[(&str, Vec<Vec<Entry>>)]) -> Self {
+        let dir = Self::layout();
+        let blobs = dir.path().join("blobs/sha256");
+        let mut entries = Vec::new();
+        let mut first_diff_ids = None;
+        for (arch, layers) in platforms {
+            let (md, size, diff_ids) = write_manifest(&blobs, layers, arch);
+            first_diff_ids.get_or_insert(diff_ids);
+            entries.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": size,
+                "platform": {"os": "linux", "architecture": arch},
+            }));
+        }
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }))
+        .unwrap();
+        let id = put_blob(&blobs, &index);
+        Self::finish(
+            dir.path(),
+            "application/vnd.oci.image.index.v1+json",
+            &id,
+            index.len(),
+        );
+        OciImage {
+            dir,
+            manifest_digest: id,
+            diff_ids: first_diff_ids.unwrap_or_default(),
+        }
+    }
+
+    /// Pushes the image (all its platforms) to `registry` as `repo:latest` with skopeo.
     pub fn push(&self, registry: &Registry, repo: &str) -> String {
+        self.push_as(registry, repo, None)
+    }
+
+    /// Like `push`, with `user:password` for a registry that wants them.
+    pub fn push_as(&self, registry: &Registry, repo: &str, creds: Option<&str>) -> String {
         require("skopeo");
         let reference = format!("{}/{repo}:latest", registry.addr);
-        let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--all", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(creds) = creds {
+            c.arg("--dest-creds").arg(creds);
+        }
+        let out = c
             .arg(format!("oci:{}:latest", self.dir.path().display()))
             .arg(format!("docker://{reference}"))
             .output()

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     Unavailable,
     OutOfRange,
     Unsupported,
+    /// Credentials were missing or refused (a registry's 401).
+    Unauthenticated,
     Internal,
 }
 

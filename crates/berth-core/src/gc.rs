@@ -43,6 +43,27 @@ pub struct Collector {
     pub gc_lock: Arc<RwLock<()>>,
 }
 
+/// Formats seconds since the epoch as RFC 3339 UTC (`2026-11-24T10:00:00Z`).
+pub fn format_rfc3339(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Parses an RFC 3339 UTC time such as `2026-11-24T10:00:00Z` (fractions and offsets too).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -267,6 +288,13 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        for secs in [0, 951_782_401, 1_795_000_000, 4_107_542_400] {
+            assert_eq!(
+                parse_rfc3339(&format_rfc3339(secs)),
+                Some(secs * 1_000_000_000)
+            );
+        }
+        assert_eq!(format_rfc3339(951_782_401), "2000-02-29T00:00:01Z");
         assert_eq!(
             parse_rfc3339("2000-03-01T00:00:01.5Z"),
             Some(951_868_801_500_000_000)

@@ -74,7 +74,9 @@ impl IntrospectionService {
             "leases",
             "namespaces",
             "snapshots",
+            "streaming",
             "tasks",
+            "transfer",
             "version",
         ] {
             plugins.push((

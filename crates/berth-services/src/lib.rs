@@ -16,7 +16,9 @@ pub mod namespaces;
 pub mod shim_events;
 pub mod snapshots;
 pub mod status;
+pub mod streaming;
 pub mod tasks;
+pub mod transfer;
 pub mod version;
 
 /// The generated server traits and servers, one module per service.
@@ -36,7 +38,9 @@ pub mod server {
         "containerd.services.diff.v1.Diff.rs",
         "containerd.services.containers.v1.Containers.rs",
         "containerd.services.events.v1.Events.rs",
-        "containerd.services.tasks.v1.Tasks.rs"
+        "containerd.services.tasks.v1.Tasks.rs",
+        "containerd.services.streaming.v1.Streaming.rs",
+        "containerd.services.transfer.v1.Transfer.rs"
     );
 }
 

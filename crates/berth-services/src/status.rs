@@ -19,6 +19,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::OutOfRange => Code::OutOfRange,
         ErrorKind::Unsupported => Code::Unimplemented,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::Internal => Code::Internal,
     }
 }
@@ -33,6 +34,11 @@ pub fn runtime_status(e: berth_runtime::Error) -> Status {
         Some(code) => Status::new(Code::from_i32(code), e.to_string()),
         None => Status::new(code_of(e.kind()), e.to_string()),
     }
+}
+
+/// Registry errors: the kind decides the code, the message names registry and digest.
+pub fn registry_status(e: berth_registry::Error) -> Status {
+    Status::new(code_of(e.kind()), e.to_string())
 }
 
 /// The namespace a request is for, from the `containerd-namespace` header.

@@ -22,7 +22,8 @@ use berth_services::server::{
     events_server::EventsServer, images_server::ImagesServer,
     introspection_server::IntrospectionServer, leases_server::LeasesServer,
     namespaces_server::NamespacesServer, snapshots_server::SnapshotsServer,
-    tasks_server::TasksServer, version_server::VersionServer,
+    streaming_server::StreamingServer, tasks_server::TasksServer, transfer_server::TransferServer,
+    version_server::VersionServer,
 };
 use clap::Parser;
 use serde::Deserialize;
@@ -79,6 +80,37 @@ struct Config {
     /// Runtime name → shim binary, overriding the lookup of `containerd-shim-NAME-VERSION`.
     #[serde(default)]
     runtimes: HashMap<String, PathBuf>,
+    #[serde(default)]
+    registry: RegistrySettings,
+}
+
+/// `[registry]`: how server-side pulls reach registries.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+struct RegistrySettings {
+    /// Hosts spoken to over plain HTTP (loopback hosts fall back to it by themselves).
+    plain_http: Vec<String>,
+    /// Layers downloaded at once per pull.
+    max_concurrent_downloads: usize,
+    /// Credentials per registry host: `[registry.auths."host:port"] username, password`.
+    auths: HashMap<String, RegistryAuth>,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            plain_http: Vec::new(),
+            max_concurrent_downloads: 3,
+            auths: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RegistryAuth {
+    username: String,
+    password: String,
 }
 
 struct Settings {
@@ -88,6 +120,7 @@ struct Settings {
     log_level: String,
     gc_interval: Duration,
     runtimes: HashMap<String, PathBuf>,
+    registry: RegistrySettings,
 }
 
 fn settings(args: Args) -> Result<Settings> {
@@ -118,6 +151,7 @@ fn settings(args: Args) -> Result<Settings> {
             .unwrap_or_else(|| "info".into()),
         gc_interval: Duration::from_secs(cfg.gc_interval_secs.unwrap_or(300)),
         runtimes: cfg.runtimes,
+        registry: cfg.registry,
     })
 }
 
@@ -229,6 +263,35 @@ async fn main() -> Result<()> {
     );
     runtime.recover().await;
     let containers = Arc::new(berth_core::containers::Containers::new(meta.clone()));
+    let images = Arc::new(Images::new(meta.clone()));
+    let registry = berth_registry::RegistryClient::new(berth_registry::RegistryConfig {
+        credentials: s
+            .registry
+            .auths
+            .iter()
+            .map(|(host, a)| {
+                let c = berth_registry::auth::Credentials {
+                    username: a.username.clone(),
+                    secret: a.password.clone(),
+                };
+                (host.clone(), c)
+            })
+            .collect(),
+        plain_http: s.registry.plain_http.iter().cloned().collect(),
+        ..Default::default()
+    })
+    .context("registry client")?;
+    let puller = Arc::new(berth_registry::pull::Puller::new(
+        Arc::new(registry),
+        berth_registry::pull::Stores {
+            meta: meta.clone(),
+            content: content.clone(),
+            images: images.clone(),
+            snapshots: snapshots.clone(),
+            scratch: s.state.join("tmpmounts"),
+        },
+    ));
+    let streams = streaming::StreamRegistry::default();
 
     let incoming = UnixListenerStream::new(listen(&s.address)?);
     tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
@@ -259,9 +322,18 @@ async fn main() -> Result<()> {
             containers: containers.clone(),
             runtime: runtime.clone(),
         }))
+        .add_service(StreamingServer::new(streaming::StreamingService {
+            streams: streams.clone(),
+        }))
+        .add_service(TransferServer::new(transfer::TransferService {
+            puller,
+            streams,
+            events: events.clone(),
+            max_concurrent_downloads: s.registry.max_concurrent_downloads,
+        }))
         .add_service(ImagesServer::new(images::ImagesService {
             events: events.clone(),
-            store: Arc::new(Images::new(meta.clone())),
+            store: images.clone(),
             gc: gc.clone(),
         }))
         .add_service(LeasesServer::new(leases::LeasesService {

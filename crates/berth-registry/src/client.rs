@@ -1,0 +1,393 @@
+//! The HTTP side of the distribution spec: one client per daemon, shared by every pull. It
+//! picks the scheme (HTTPS, or plain HTTP for hosts configured so and for loopback hosts
+//! that do not speak TLS), answers authentication challenges (basic, bearer tokens cached
+//! per host and scope), and retries 5xx, 429 and connection failures with backoff, bounded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use berth_core::Digest;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+
+use crate::auth::{parse_challenge, Challenge, Credentials};
+use crate::error::{Error, Result};
+use crate::reference::Reference;
+
+/// Manifest media types asked for, most wanted first.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// Manifests and indexes larger than this are refused.
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Credentials per registry host (as in references: `docker.io`, `127.0.0.1:5000`).
+    pub credentials: HashMap<String, Credentials>,
+    /// Hosts spoken to over plain HTTP.
+    pub plain_http: HashSet<String>,
+    /// Attempts per request beyond the first, for 5xx, 429 and connection failures.
+    pub retries: u32,
+    /// First backoff; doubles with each retry.
+    pub backoff: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            credentials: HashMap::new(),
+            plain_http: HashSet::new(),
+            retries: 4,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a request runs with: the registry, its repository, and per-request overrides.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub reference: &'a Reference,
+    pub credentials: Option<&'a Credentials>,
+    pub plain_http: bool,
+    /// `pull` or `pull,push`.
+    pub actions: &'static str,
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    cfg: RegistryConfig,
+    /// Authorization header values per (host, scope).
+    auth: Mutex<HashMap<(String, String), String>>,
+    /// Loopback hosts found not to speak TLS.
+    http_fallback: Mutex<HashSet<String>>,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl RegistryClient {
+    pub fn new(cfg: RegistryConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(16)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("http client: {e}")))?;
+        Ok(RegistryClient {
+            http,
+            cfg,
+            auth: Mutex::new(HashMap::new()),
+            http_fallback: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn scheme(&self, t: &Target<'_>) -> &'static str {
+        let host = t.reference.api_host();
+        if t.plain_http
+            || self.cfg.plain_http.contains(host)
+            || self.cfg.plain_http.contains(&t.reference.registry)
+            || lock(&self.http_fallback).contains(host)
+        {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    fn credentials<'a>(&'a self, t: &'a Target<'_>) -> Option<&'a Credentials> {
+        t.credentials
+            .or_else(|| self.cfg.credentials.get(&t.reference.registry))
+    }
+
+    fn scope(t: &Target<'_>) -> String {
+        format!("repository:{}:{}", t.reference.repository, t.actions)
+    }
+
+    /// Sends `method` to `/v2/<repo>/<path>`, authenticating and retrying as needed.
+    pub async fn send(
+        &self,
+        t: &Target<'_>,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response> {
+        let host = t.reference.api_host().to_owned();
+        let registry = t.reference.registry.clone();
+        let key = (host.clone(), Self::scope(t));
+        let mut answered_challenge = false;
+        let mut attempt = 0;
+        loop {
+            let url = format!(
+                "{}://{host}/v2/{}/{path}",
+                self.scheme(t),
+                t.reference.repository
+            );
+            let mut rb = self
+                .http
+                .request(method.clone(), &url)
+                .headers(headers.clone());
+            if let Some(a) = lock(&self.auth).get(&key) {
+                rb = rb.header(AUTHORIZATION, a.clone());
+            }
+            let failure = match rb.send().await {
+                Err(e) => {
+                    if self.scheme(t) == "https"
+                        && is_loopback(&host)
+                        && (e.is_connect() || e.is_request())
+                    {
+                        tracing::debug!(%host, "loopback registry does not speak TLS; using plain HTTP");
+                        lock(&self.http_fallback).insert(host.clone());
+                        continue;
+                    }
+                    format!("{method} {url}: {}", error_chain(&e))
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    if answered_challenge {
+                        return Err(Error::Unauthenticated {
+                            registry,
+                            reason: format!("credentials refused for {}", t.reference.repository),
+                        });
+                    }
+                    answered_challenge = true;
+                    let value = self.answer_challenge(t, &resp).await?;
+                    lock(&self.auth).insert(key.clone(), value);
+                    continue;
+                }
+                Ok(resp)
+                    if resp.status() == StatusCode::TOO_MANY_REQUESTS
+                        || resp.status().is_server_error() =>
+                {
+                    format!("{method} {url}: {}", resp.status())
+                }
+                Ok(resp) => return Ok(resp),
+            };
+            if attempt >= self.cfg.retries {
+                return Err(Error::Unavailable(format!(
+                    "registry {registry}: {failure} (after {} attempts)",
+                    attempt + 1
+                )));
+            }
+            let wait = self.cfg.backoff * 2u32.saturating_pow(attempt);
+            tracing::debug!(%failure, ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn answer_challenge(&self, t: &Target<'_>, resp: &Response) -> Result<String> {
+        let registry = &t.reference.registry;
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(parse_challenge)
+            .next()
+            .ok_or_else(|| Error::Unauthenticated {
+                registry: registry.clone(),
+                reason: "401 without a challenge berth understands".into(),
+            })?;
+        let creds = self.credentials(t);
+        match challenge {
+            Challenge::Basic => {
+                creds
+                    .map(Credentials::basic_header)
+                    .ok_or_else(|| Error::Unauthenticated {
+                        registry: registry.clone(),
+                        reason: "basic authentication required and no credentials given".into(),
+                    })
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let scope = scope.unwrap_or_else(|| Self::scope(t));
+                let mut q: Vec<(&str, String)> = vec![("scope", scope)];
+                if let Some(s) = service {
+                    q.push(("service", s));
+                }
+                let mut rb = self.http.get(&realm).query(&q);
+                if let Some(c) = creds {
+                    rb = rb.header(AUTHORIZATION, c.basic_header());
+                }
+                let r = rb.send().await.map_err(|e| {
+                    Error::Unavailable(format!(
+                        "registry {registry}: token from {realm}: {}",
+                        error_chain(&e)
+                    ))
+                })?;
+                if r.status() == StatusCode::UNAUTHORIZED || r.status() == StatusCode::FORBIDDEN {
+                    return Err(Error::Unauthenticated {
+                        registry: registry.clone(),
+                        reason: format!("token service {realm} refused the credentials"),
+                    });
+                }
+                if !r.status().is_success() {
+                    return Err(Error::Unavailable(format!(
+                        "registry {registry}: token from {realm}: {}",
+                        r.status()
+                    )));
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let tok: Token = r.json().await.map_err(|e| {
+                    Error::Unavailable(format!("registry {registry}: token from {realm}: {e}"))
+                })?;
+                let tok = tok
+                    .token
+                    .or(tok.access_token)
+                    .ok_or_else(|| Error::Unauthenticated {
+                        registry: registry.clone(),
+                        reason: format!("token service {realm} returned no token"),
+                    })?;
+                Ok(format!("Bearer {tok}"))
+            }
+        }
+    }
+
+    /// Fetches the manifest or index a reference names. Returns its media type, digest and
+    /// bytes; a pinned digest is checked against the bytes.
+    pub async fn manifest(
+        &self,
+        t: &Target<'_>,
+        object: &str,
+    ) -> Result<(String, Digest, Vec<u8>)> {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let resp = self
+            .send(t, Method::GET, &format!("manifests/{object}"), h)
+            .await?;
+        let what = format!("manifest {}:{object}", t.reference.name());
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(Error::NotFound(what));
+        }
+        if !resp.status().is_success() {
+            return Err(Error::Unavailable(format!("{what}: {}", resp.status())));
+        }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        if resp
+            .content_length()
+            .is_some_and(|l| l as usize > MAX_MANIFEST)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{what} is larger than {MAX_MANIFEST} bytes"
+            )));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Unavailable(format!("{what}: {}", error_chain(&e))))?;
+        if body.len() > MAX_MANIFEST {
+            return Err(Error::InvalidArgument(format!(
+                "{what} is larger than {MAX_MANIFEST} bytes"
+            )));
+        }
+        let digest = Digest::of(&body);
+        if let Ok(want) = Digest::parse(object) {
+            if want != digest {
+                return Err(Error::Mismatch(format!(
+                    "{what}: the registry sent content with digest {digest}"
+                )));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "mediaType")]
+            media_type: Option<String>,
+        }
+        let declared = serde_json::from_slice::<Head>(&body)
+            .map_err(|e| Error::InvalidArgument(format!("{what} is not JSON: {e}")))?
+            .media_type;
+        let media_type = declared
+            .or(content_type)
+            .filter(|m| !m.is_empty() && m != "application/json")
+            .ok_or_else(|| Error::InvalidArgument(format!("{what} has no media type")))?;
+        Ok((media_type, digest, body.to_vec()))
+    }
+
+    /// Starts fetching a blob from `offset` (a Range request when non-zero). Returns the
+    /// response and whether it starts at `offset` (a registry may ignore the range).
+    pub async fn blob(
+        &self,
+        t: &Target<'_>,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(Response, bool)> {
+        let mut h = HeaderMap::new();
+        if offset > 0 {
+            h.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii header"),
+            );
+        }
+        let resp = self
+            .send(t, Method::GET, &format!("blobs/{digest}"), h)
+            .await?;
+        let what = format!("blob {digest} of {}", t.reference.name());
+        match resp.status() {
+            StatusCode::NOT_FOUND => Err(Error::NotFound(what)),
+            StatusCode::PARTIAL_CONTENT if offset > 0 => Ok((resp, true)),
+            StatusCode::RANGE_NOT_SATISFIABLE => Err(Error::Mismatch(format!(
+                "{what}: the registry has fewer than {offset} bytes"
+            ))),
+            s if s.is_success() => Ok((resp, offset == 0)),
+            s => Err(Error::Unavailable(format!("{what}: {s}"))),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// reqwest's error with its causes, which carry the useful part (connection refused...).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:5000",
+            "localhost",
+            "localhost:80",
+            "[::1]:5000",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["registry-1.docker.io", "10.0.0.1:5000", "ghcr.io"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! containerd.services.transfer.v1: the daemon moves images itself. Registry → image store
+//! is a server-side pull (berth-registry's puller, unpacking into the snapshotter the
+//! client names), with progress streamed on the client's progress stream and credentials
+//! asked for on its auth stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::ImageCreate;
+use berth_core::Namespace;
+use berth_registry::auth::Credentials;
+use berth_registry::platform::Platform;
+use berth_registry::pull::{Progress, ProgressSink, PullRequest, Puller};
+use berth_registry::Reference;
+use prost::{Message, Name};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::api::TransferRequest;
+use crate::events::EventBus;
+use crate::server::transfer_server;
+use crate::status::{labels_in, namespace, registry_status};
+use crate::streaming::{any_of, StreamRegistry};
+use crate::types::transfer::{AuthRequest, AuthResponse, ImageStore, OciRegistry};
+use crate::types::Descriptor;
+
+pub struct TransferService {
+    pub puller: Arc<Puller>,
+    pub streams: StreamRegistry,
+    pub events: EventBus,
+    pub max_concurrent_downloads: usize,
+}
+
+/// `containerd.types.transfer.OCIRegistry`, with or without a `types.containerd.io/` prefix.
+fn is<M: Name>(a: &prost_types::Any) -> bool {
+    a.type_url.rsplit('/').next() == Some(M::full_name().as_str())
+}
+
+fn decode<M: Message + Default + Name>(a: &prost_types::Any) -> Result<M, Status> {
+    M::decode(a.value.as_slice())
+        .map_err(|e| Status::invalid_argument(format!("{}: {e}", M::full_name())))
+}
+
+/// Progress events onto the client's stream; a slow or gone client loses events, never
+/// slows the pull.
+struct StreamProgress(mpsc::Sender<prost_types::Any>);
+
+impl ProgressSink for StreamProgress {
+    fn progress(&self, p: Progress) {
+        let msg = crate::types::transfer::Progress {
+            event: p.event.to_owned(),
+            name: p.name,
+            parents: Vec::new(),
+            progress: p.progress,
+            total: p.total,
+            desc: (!p.digest.is_empty()).then(|| Descriptor {
+                media_type: p.media_type,
+                digest: p.digest,
+                size: p.total,
+                annotations: Default::default(),
+            }),
+        };
+        let _ = self.0.try_send(any_of(&msg));
+    }
+}
+
+fn platform_in(p: &crate::types::Platform) -> Result<Platform, Status> {
+    if p.os.is_empty() || p.architecture.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "platform {p:?} needs an os and an architecture"
+        )));
+    }
+    Ok(Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: p.variant.clone(),
+    })
+}
+
+impl TransferService {
+    /// Asks the client for credentials on its auth stream, as containerd's clients answer.
+    async fn ask_credentials(
+        &self,
+        ns: &Namespace,
+        stream: &str,
+        reference: &Reference,
+    ) -> Result<Option<Credentials>, Status> {
+        let Some(mut h) = self.streams.take(ns.as_str(), stream) else {
+            return Err(Status::invalid_argument(format!(
+                "auth stream {stream:?} is not open in namespace {ns:?}"
+            )));
+        };
+        let req = AuthRequest {
+            host: reference.registry.clone(),
+            reference: reference.to_string(),
+            wwwauthenticate: Vec::new(),
+        };
+        if h.to_client.send(any_of(&req)).await.is_err() {
+            tracing::debug!(stream, "auth stream closed before the question");
+            return Ok(None);
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(30), h.from_client.recv())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("client did not answer the credentials request")
+            })?;
+        let Some(a) = answer else {
+            tracing::debug!(stream, "auth stream closed without an answer");
+            return Ok(None);
+        };
+        let r: AuthResponse = decode(&a)?;
+        tracing::debug!(host = %reference.registry, user = %r.username, "credentials from the client");
+        Ok(
+            (!r.username.is_empty() || !r.secret.is_empty()).then_some(Credentials {
+                username: r.username,
+                secret: r.secret,
+            }),
+        )
+    }
+
+    async fn pull(
+        &self,
+        ns: Namespace,
+        src: OciRegistry,
+        dst: ImageStore,
+        progress: Option<mpsc::Sender<prost_types::Any>>,
+    ) -> Result<(), Status> {
+        let reference = Reference::parse(&src.reference).map_err(registry_status)?;
+        let resolver = src.resolver.unwrap_or_default();
+        let credentials = if resolver.auth_stream.is_empty() {
+            None
+        } else {
+            self.ask_credentials(&ns, &resolver.auth_stream, &reference)
+                .await?
+        };
+        let mut platforms: Vec<Platform> = Vec::new();
+        for u in &dst.unpacks {
+            if let Some(p) = &u.platform {
+                platforms.push(platform_in(p)?);
+            }
+        }
+        for p in &dst.platforms {
+            let p = platform_in(p)?;
+            if !platforms.contains(&p) {
+                platforms.push(p);
+            }
+        }
+        let unpack = dst.unpacks.first().map(|u| {
+            if u.snapshotter.is_empty() {
+                "overlayfs".to_owned()
+            } else {
+                u.snapshotter.clone()
+            }
+        });
+        let req = PullRequest {
+            namespace: ns.clone(),
+            name: dst.name.clone(),
+            labels: labels_in(dst.labels),
+            credentials,
+            plain_http: resolver.default_scheme == "http",
+            platforms,
+            all_platforms: dst.all_metadata,
+            unpack,
+            max_concurrent_downloads: self.max_concurrent_downloads,
+            reference,
+        };
+        let pulled = match &progress {
+            Some(tx) => self.puller.pull(&req, &StreamProgress(tx.clone())).await,
+            None => {
+                self.puller
+                    .pull(&req, &berth_registry::pull::NoProgress)
+                    .await
+            }
+        }
+        .map_err(registry_status)?;
+        tracing::info!(image = %pulled.image.name, digest = %pulled.image.target.digest, fetched = pulled.fetched, "pulled");
+        self.events.publish(
+            &ns,
+            "/images/create",
+            &ImageCreate {
+                name: pulled.image.name.clone(),
+                labels: pulled.image.labels.clone().into_iter().collect(),
+            },
+        );
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl transfer_server::Transfer for TransferService {
+    async fn transfer(&self, req: Request<TransferRequest>) -> Result<Response<()>, Status> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let (Some(src), Some(dst)) = (r.source, r.destination) else {
+            return Err(Status::invalid_argument(
+                "transfer needs a source and a destination",
+            ));
+        };
+        let progress = match r
+            .options
+            .map(|o| o.progress_stream)
+            .filter(|s| !s.is_empty())
+        {
+            Some(id) => Some(
+                self.streams
+                    .take(ns.as_str(), &id)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "progress stream {id:?} is not open in namespace {ns:?}"
+                        ))
+                    })?
+                    .to_client,
+            ),
+            None => None,
+        };
+        if is::<OciRegistry>(&src) && is::<ImageStore>(&dst) {
+            self.pull(ns, decode(&src)?, decode(&dst)?, progress)
+                .await?;
+            return Ok(Response::new(()));
+        }
+        Err(Status::unimplemented(format!(
+            "transfer from {:?} to {:?} is not implemented in berthd yet (registry to image store is)",
+            src.type_url, dst.type_url
+        )))
+    }
+}

@@ -1,0 +1,398 @@
+//! Server-side pull through containerd's Transfer API (registry → image store), driven by
+//! a gRPC client as containerd 2.x clients drive it, against docker-registry on loopback.
+//! The pulled images are then checked and run with Debian's ctr. These tests need root.
+
+use std::time::Duration;
+
+use berth_e2e::*;
+use containerd_client::services::v1::streaming_client::StreamingClient;
+use containerd_client::services::v1::transfer_client::TransferClient;
+use containerd_client::services::v1::{StreamInit, TransferOptions, TransferRequest};
+use containerd_client::tonic::{Code, Request, Status};
+use containerd_client::types::transfer::{
+    AuthRequest, AuthResponse, ImageStore, OciRegistry, Progress, RegistryResolver,
+    UnpackConfiguration,
+};
+use containerd_client::types::Platform;
+use prost::{Message, Name};
+use tokio_stream::StreamExt;
+
+fn any<M: Message + Name>(m: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: M::full_name(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// Opens a stream on the Streaming service; returns the sender for the client's messages
+/// and the server's messages.
+async fn open_stream(
+    ch: &containerd_client::tonic::transport::Channel,
+    ns: &str,
+    id: &str,
+) -> (
+    tokio::sync::mpsc::Sender<prost_types::Any>,
+    containerd_client::tonic::Streaming<prost_types::Any>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(any(&StreamInit { id: id.into() })).await.unwrap();
+    let req =
+        containerd_client::with_namespace!(tokio_stream::wrappers::ReceiverStream::new(rx), ns);
+    let mut s = StreamingClient::new(ch.clone())
+        .stream(req)
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().expect("stream acknowledged");
+    (tx, s)
+}
+
+struct Pull<'a> {
+    reference: &'a str,
+    platforms: Vec<Platform>,
+    /// (user, password) answered on the auth stream.
+    creds: Option<(&'a str, &'a str)>,
+}
+
+fn amd64() -> Platform {
+    Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        variant: String::new(),
+        os_version: String::new(),
+    }
+}
+
+/// Runs one Transfer pull with progress (and credentials when given); returns the result
+/// and the progress events seen.
+fn transfer(d: &Berthd, ns: &str, p: Pull<'_>) -> (Result<(), Status>, Vec<Progress>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = containerd_client::connect(&d.socket).await.unwrap();
+        let (_ptx, mut progress) = open_stream(&ch, ns, "progress-1").await;
+        let mut auth_stream = String::new();
+        let mut answer = None;
+        if let Some((u, pw)) = p.creds {
+            let (atx, mut arx) = open_stream(&ch, ns, "auth-1").await;
+            auth_stream = "auth-1".into();
+            let (u, pw) = (u.to_owned(), pw.to_owned());
+            answer = Some(tokio::spawn(async move {
+                let q = arx.message().await.unwrap().unwrap();
+                let q = AuthRequest::decode(q.value.as_slice()).unwrap();
+                atx.send(any(&AuthResponse {
+                    auth_type: 1,
+                    secret: pw,
+                    username: u,
+                    expire_at: None,
+                }))
+                .await
+                .unwrap();
+                // Dropping either half would reset the stream before berthd reads the
+                // answer; a client keeps its stream until the transfer is over.
+                (q.host, atx, arx)
+            }));
+        }
+        let req = TransferRequest {
+            source: Some(any(&OciRegistry {
+                reference: p.reference.into(),
+                resolver: Some(RegistryResolver {
+                    auth_stream,
+                    default_scheme: "http".into(),
+                    ..Default::default()
+                }),
+            })),
+            destination: Some(any(&ImageStore {
+                name: p.reference.into(),
+                platforms: p.platforms.clone(),
+                unpacks: vec![UnpackConfiguration {
+                    platform: p.platforms.first().cloned(),
+                    snapshotter: "overlayfs".into(),
+                }],
+                ..Default::default()
+            })),
+            options: Some(TransferOptions {
+                progress_stream: "progress-1".into(),
+            }),
+        };
+        let r = TransferClient::new(ch.clone())
+            .transfer(containerd_client::with_namespace!(req, ns))
+            .await
+            .map(|_| ());
+        if let Some(a) = answer {
+            let (host, _, _) = a.await.unwrap();
+            assert_eq!(host, p.reference.split('/').next().unwrap());
+        }
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(300), progress.next()).await
+        {
+            events.push(Progress::decode(m.value.as_slice()).unwrap());
+        }
+        (r, events)
+    })
+}
+
+fn pull_ok(d: &Berthd, ns: &str, p: Pull<'_>) -> Vec<Progress> {
+    let (r, events) = transfer(d, ns, p);
+    r.unwrap_or_else(|e| panic!("transfer failed: {e:?}\n--- berthd log ---\n{}", d.log()));
+    events
+}
+
+fn data_image() -> OciImage {
+    OciImage::build(&[
+        busybox_layer(),
+        vec![
+            Entry::Dir("data", 0o755),
+            Entry::File("data/hello".into(), b"pulled by berthd\n".to_vec(), 0o644),
+        ],
+    ])
+}
+
+#[test]
+fn root_transfer_pulls_unpacks_and_the_image_runs() {
+    let reg = Registry::start();
+    let img = data_image();
+    let reference = img.push(&reg, "served");
+    let d = Berthd::start();
+    let events = pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    let names: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {}", e.event, e.name))
+        .collect();
+    for want in [
+        "resolving",
+        "resolved",
+        "complete layer-",
+        "unpacking layer-",
+        "saved",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "no {want:?} in {names:#?}"
+        );
+    }
+    let ls = d.ctr_ok("default", &["images", "ls"]);
+    assert!(ls.contains(&reference), "{ls}");
+    let check = d.ctr_ok("default", &["images", "check"]);
+    assert!(check.contains("complete (3/3)"), "{check}");
+    let out = d.ctr_ok(
+        "default",
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "xfer-run-1",
+            "cat",
+            "/data/hello",
+        ],
+    );
+    assert_eq!(out, "pulled by berthd\n");
+
+    // A second pull of the same image fetches nothing and still succeeds.
+    let again = pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    assert!(!again.iter().any(|e| e.event == "complete"), "{again:#?}");
+
+    // By digest.
+    let by_digest = format!("{}/served@{}", reg.addr, img.manifest_digest);
+    pull_ok(
+        &d,
+        "bydigest",
+        Pull {
+            reference: &by_digest,
+            platforms: vec![],
+            creds: None,
+        },
+    );
+    let ls = d.ctr_ok("bydigest", &["images", "ls", "-q"]);
+    assert!(ls.contains(&img.manifest_digest), "{ls}");
+    let out = d.ctr_ok(
+        "bydigest",
+        &[
+            "run",
+            "--rm",
+            &by_digest,
+            "xfer-run-2",
+            "cat",
+            "/data/hello",
+        ],
+    );
+    assert_eq!(out, "pulled by berthd\n");
+
+    // Removing the image and collecting leaves no blob behind.
+    for (ns, r) in [
+        ("default", reference.as_str()),
+        ("bydigest", by_digest.as_str()),
+    ] {
+        d.ctr_ok(ns, &["images", "rm", "--sync", r]);
+    }
+    let blobs = std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "blobs left after the pulled images were removed");
+}
+
+#[test]
+fn root_transfer_picks_the_platform_from_an_index() {
+    let reg = Registry::start();
+    let mut amd = busybox_layer();
+    amd.push(Entry::File("platform".into(), b"amd64\n".to_vec(), 0o644));
+    let mut arm = busybox_layer();
+    arm.push(Entry::File("platform".into(), b"arm64\n".to_vec(), 0o644));
+    let img = OciImage::build_index(&[("arm64", vec![arm]), ("amd64", vec![amd])]);
+    let reference = img.push(&reg, "multi");
+    let d = Berthd::start();
+    pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    let ls = d.ctr_ok("default", &["images", "ls"]);
+    assert!(
+        ls.contains(&img.manifest_digest),
+        "the image names the index: {ls}"
+    );
+    assert!(
+        ls.contains("application/vnd.oci.image.index.v1+json"),
+        "{ls}"
+    );
+    let out = d.ctr_ok(
+        "default",
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "xfer-multi-1",
+            "cat",
+            "/platform",
+        ],
+    );
+    assert_eq!(out, "amd64\n");
+
+    // A platform the index does not have is NotFound, naming it.
+    let (r, _) = transfer(
+        &d,
+        "other",
+        Pull {
+            reference: &reference,
+            platforms: vec![Platform {
+                os: "linux".into(),
+                architecture: "s390x".into(),
+                variant: String::new(),
+                os_version: String::new(),
+            }],
+            creds: None,
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("linux/s390x"), "{e:?}");
+}
+
+#[test]
+fn root_transfer_with_basic_auth() {
+    let reg = Registry::start_with_htpasswd("berth", "s3cret");
+    let img = data_image();
+    let reference = img.push_as(&reg, "private", Some("berth:s3cret"));
+    let d = Berthd::start();
+    let (r, _) = transfer(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: Some(("berth", "wrong")),
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains(&reg.addr),
+        "the registry is named: {e:?}"
+    );
+    let (r, _) = transfer(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: Some(("berth", "s3cret")),
+        },
+    );
+    let out = d.ctr_ok(
+        "default",
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "xfer-auth-1",
+            "cat",
+            "/data/hello",
+        ],
+    );
+    assert_eq!(out, "pulled by berthd\n");
+}
+
+#[test]
+fn root_transfer_bad_references_and_unknown_images() {
+    let reg = Registry::start();
+    let d = Berthd::start();
+    let (r, _) = transfer(
+        &d,
+        "default",
+        Pull {
+            reference: "UPPER/Case:tag",
+            platforms: vec![],
+            creds: None,
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("UPPER/Case:tag"), "{e:?}");
+    let missing = format!("{}/nothing:here", reg.addr);
+    let (r, _) = transfer(
+        &d,
+        "default",
+        Pull {
+            reference: &missing,
+            platforms: vec![],
+            creds: None,
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nothing"), "{e:?}");
+    assert!(d
+        .ctr_ok("default", &["images", "ls", "-q"])
+        .trim()
+        .is_empty());
+}
