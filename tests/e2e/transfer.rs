@@ -396,3 +396,175 @@ fn root_transfer_bad_references_and_unknown_images() {
         .trim()
         .is_empty());
 }
+
+/// busybox plus a 4 MB layer that does not compress; returns the image and that layer's digest.
+fn noisy_image() -> (OciImage, String) {
+    let img = OciImage::build(&[
+        busybox_layer(),
+        vec![Entry::File("noise.bin".into(), noise(4 << 20, 7), 0o644)],
+    ]);
+    let layer = img.layer_digests()[1].clone();
+    (img, layer)
+}
+
+fn via(proxy: &FaultyProxy, repo: &str) -> String {
+    format!("{}/{repo}:latest", proxy.addr)
+}
+
+fn blob_files(d: &Berthd) -> Vec<String> {
+    std::fs::read_dir(d.root.join("io.containerd.content.v1.content/blobs/sha256"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn root_transfer_resumes_a_cut_off_blob_and_retries_server_errors() {
+    let reg = Registry::start();
+    let (img, layer) = noisy_image();
+    img.push(&reg, "noisy");
+
+    let cut = FaultyProxy::start(&reg.addr, &layer, Fault::CutHalf, 1);
+    let d = Berthd::start();
+    let reference = via(&cut, "noisy");
+    pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &reference,
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    let asks: Vec<_> = cut
+        .requests()
+        .into_iter()
+        .filter(|(l, _)| l.contains(&layer))
+        .collect();
+    assert_eq!(asks.len(), 2, "{asks:#?}");
+    let resumed_from = asks[1]
+        .1
+        .as_deref()
+        .expect("the second request resumes with Range");
+    assert!(
+        resumed_from.starts_with("bytes=") && resumed_from != "bytes=0-",
+        "{resumed_from}"
+    );
+    let out = d.ctr_ok(
+        "default",
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "xfer-cut-1",
+            "sh",
+            "-c",
+            "ls -l /noise.bin",
+        ],
+    );
+    assert!(out.contains(&(4 << 20).to_string()), "{out}");
+    drop(d);
+
+    let flaky = FaultyProxy::start(&reg.addr, &layer, Fault::Fail500, 2);
+    let d = Berthd::start();
+    pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &via(&flaky, "noisy"),
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    assert_eq!(flaky.gets(&layer), 3, "two 500s, then the blob");
+}
+
+#[test]
+fn root_transfer_never_stores_a_blob_that_does_not_match_its_digest() {
+    let reg = Registry::start();
+    let (img, layer) = noisy_image();
+    img.push(&reg, "noisy");
+
+    let liar = FaultyProxy::start(&reg.addr, &layer, Fault::Corrupt, 1000);
+    let d = Berthd::start();
+    let (r, _) = transfer(
+        &d,
+        "default",
+        Pull {
+            reference: &via(&liar, "noisy"),
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&layer), "the digest is named: {e:?}");
+    assert!(
+        !blob_files(&d).contains(&layer),
+        "a corrupt blob was stored"
+    );
+    let content = d.ctr_ok("default", &["content", "ls"]);
+    assert!(
+        !content.lines().any(|l| l.starts_with(&layer)),
+        "content lists the corrupt blob:\n{content}"
+    );
+    assert!(d
+        .ctr_ok("default", &["images", "ls", "-q"])
+        .trim()
+        .is_empty());
+    drop(d);
+
+    // Corrupted once, then served right: the retry succeeds.
+    let once = FaultyProxy::start(&reg.addr, &layer, Fault::Corrupt, 1);
+    let d = Berthd::start();
+    pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &via(&once, "noisy"),
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+    assert!(blob_files(&d).contains(&layer));
+}
+
+#[test]
+fn root_ten_concurrent_pulls_fetch_each_blob_once() {
+    let reg = Registry::start();
+    let (img, _) = noisy_image();
+    img.push(&reg, "noisy");
+    let counter = FaultyProxy::start(&reg.addr, "no-fault", Fault::Fail500, 0);
+    let d = Berthd::start();
+    let reference = via(&counter, "noisy");
+    std::thread::scope(|s| {
+        for i in 0..10 {
+            let (d, reference) = (&d, &reference);
+            s.spawn(move || {
+                pull_ok(
+                    d,
+                    &format!("many-{i}"),
+                    Pull {
+                        reference,
+                        platforms: vec![amd64()],
+                        creds: None,
+                    },
+                );
+            });
+        }
+    });
+    for layer in img.layer_digests() {
+        assert_eq!(
+            counter.gets(&layer),
+            1,
+            "layer {layer} fetched more than once"
+        );
+    }
+    for i in 0..10 {
+        let ls = d.ctr_ok(&format!("many-{i}"), &["images", "ls", "-q"]);
+        assert!(ls.contains(&reference), "{ls}");
+    }
+}

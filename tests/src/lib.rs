@@ -566,6 +566,20 @@ impl OciImage {
         }
     }
 
+    /// The layer blob digests of a single-platform image, in order.
+    pub fn layer_digests(&self) -> Vec<String> {
+        let blob = |d: &str| {
+            let b = std::fs::read(self.dir.path().join("blobs/sha256").join(&d[7..])).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        };
+        blob(&self.manifest_digest)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Pushes the image (all its platforms) to `registry` as `repo:latest` with skopeo.
     pub fn push(&self, registry: &Registry, repo: &str) -> String {
         self.push_as(registry, repo, None)
@@ -592,4 +606,147 @@ impl OciImage {
         );
         reference
     }
+}
+
+/// What a `FaultyProxy` does to responses for blobs whose path contains its target.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Sends the headers and half of the body, then closes the connection.
+    CutHalf,
+    /// Answers 500 Internal Server Error.
+    Fail500,
+    /// Flips one byte of the body.
+    Corrupt,
+}
+
+/// An HTTP/1.1 proxy in front of a registry on loopback that injects faults into the
+/// first `times` responses for one blob, and records every request line and Range header.
+pub struct FaultyProxy {
+    pub addr: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultyProxy {
+    pub fn start(upstream: &str, target: &str, fault: Fault, times: usize) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let left = Arc::new(AtomicUsize::new(times));
+        let (upstream, target) = (upstream.to_owned(), target.to_owned());
+        let (log2, stop2) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut client) = conn else { continue };
+                let (upstream, target, log, left) =
+                    (upstream.clone(), target.clone(), log2.clone(), left.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut head = Vec::new();
+                    let mut line = String::new();
+                    let mut range = None;
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if lower.starts_with("connection:") {
+                            continue;
+                        }
+                        if lower.starts_with("range:") {
+                            range = Some(line[6..].trim().to_owned());
+                        }
+                        head.push(line.clone());
+                    }
+                    let request_line = head.first().cloned().unwrap_or_default();
+                    log.lock()
+                        .unwrap()
+                        .push((request_line.trim().to_owned(), range));
+                    let faulty = request_line.contains("/blobs/")
+                        && request_line.contains(&target)
+                        && left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                    if faulty && matches!(fault, Fault::Fail500) {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        return;
+                    }
+                    let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                    let mut req = head.concat();
+                    req.push_str("Connection: close\r\n\r\n");
+                    up.write_all(req.as_bytes()).unwrap();
+                    let mut resp = Vec::new();
+                    let _ = up.read_to_end(&mut resp);
+                    let split = resp
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(resp.len(), |p| p + 4);
+                    let (headers, body) = resp.split_at(split);
+                    let mut body = body.to_vec();
+                    if faulty {
+                        match fault {
+                            Fault::CutHalf => body.truncate(body.len() / 2),
+                            Fault::Corrupt if !body.is_empty() => {
+                                let mid = body.len() / 2;
+                                body[mid] ^= 0xff;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let headers = String::from_utf8_lossy(headers)
+                        .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+                    let _ = client.write_all(headers.as_bytes());
+                    let _ = client.write_all(&body);
+                });
+            }
+        });
+        FaultyProxy { addr, log, stop }
+    }
+
+    /// (request line, Range header) of every request so far.
+    pub fn requests(&self) -> Vec<(String, Option<String>)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many GETs asked for a path containing `needle`.
+    pub fn gets(&self, needle: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(l, _)| l.starts_with("GET ") && l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the stop flag.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+/// `n` bytes that do not compress (xorshift), the same for the same seed.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -28,6 +28,7 @@ pub struct TransferService {
     pub puller: Arc<Puller>,
     pub streams: StreamRegistry,
     pub events: EventBus,
+    pub gc: berth_core::gc::Scheduler,
     pub max_concurrent_downloads: usize,
 }
 
@@ -172,7 +173,11 @@ impl TransferService {
                     .await
             }
         }
-        .map_err(registry_status)?;
+        .map_err(|e| {
+            // What the failed pull stored is no longer leased: collect it.
+            self.gc.schedule();
+            registry_status(e)
+        })?;
         tracing::info!(image = %pulled.image.name, digest = %pulled.image.target.digest, fetched = pulled.fetched, "pulled");
         self.events.publish(
             &ns,

@@ -329,6 +329,7 @@ async fn main() -> Result<()> {
             puller,
             streams,
             events: events.clone(),
+            gc: gc.clone(),
             max_concurrent_downloads: s.registry.max_concurrent_downloads,
         }))
         .add_service(ImagesServer::new(images::ImagesService {
