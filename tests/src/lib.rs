@@ -619,11 +619,14 @@ pub enum Fault {
     Corrupt,
 }
 
+/// (request line, Range header) of each request a proxy saw.
+type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
 /// An HTTP/1.1 proxy in front of a registry on loopback that injects faults into the
 /// first `times` responses for one blob, and records every request line and Range header.
 pub struct FaultyProxy {
     pub addr: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    log: RequestLog,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
