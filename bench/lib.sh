@@ -18,3 +18,50 @@ CFG
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# A docker-registry on loopback port $1, its data on $work; sets $reg_pid and $reg.
+start_registry() {
+  local port=$1
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" > "$work/registry.yml"
+  docker-registry serve "$work/registry.yml" >/dev/null 2>&1 & reg_pid=$!
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  reg=127.0.0.1:$port
+}
+
+# Pushes an OCI layout built by the caller in $work/oci to $reg as $1; removes the layout.
+push_layout() {
+  skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$reg/$1"
+  rm -rf "$work/oci"
+  echo "$reg/$1"
+}
+
+# The ~300 MB three-layer image: layer 1 random (incompressible), layer 2 text
+# (compressible), layer 3 half and half. Prints its reference.
+push_three_layer_image() {
+  mkdir -p "$work/img/l1" "$work/img/l2" "$work/img/l3"
+  (
+    set +o pipefail # `yes | head` ends yes with SIGPIPE by design
+    head -c 100M /dev/urandom > "$work/img/l1/random.bin"
+    yes "berth benchmark line of compressible text 0123456789" | head -c 100M > "$work/img/l2/text.txt"
+    head -c 50M /dev/urandom > "$work/img/l3/random.bin"
+    yes "more text for the third layer" | head -c 50M > "$work/img/l3/text.txt"
+  )
+  umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
+  for l in l1 l2 l3; do umoci insert --image "$work/oci:latest" "$work/img/$l" "/$l" >/dev/null; done
+  rm -rf "$work/img"
+  push_layout bench/three:latest
+}
+
+# Twenty layers of 500 small files each (2 KiB, half random). Prints its reference.
+push_twenty_layer_image() {
+  umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
+  for l in $(seq 20); do
+    mkdir -p "$work/img/l$l"
+    for f in $(seq 500); do
+      { head -c 1024 /dev/urandom; printf '%01024d' "$f"; } > "$work/img/l$l/f$f"
+    done
+    umoci insert --image "$work/oci:latest" "$work/img/l$l" "/l$l" >/dev/null
+    rm -rf "$work/img/l$l"
+  done
+  push_layout bench/twenty:latest
+}

@@ -22,26 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=6g tmpfs "$work"
-mkdir -p "$work/img"
-
-# Build the image: layer 1 random (incompressible), layer 2 text (compressible), layer 3 half and half.
-set +o pipefail # `yes | head` ends yes with SIGPIPE by design
-mk() { mkdir -p "$work/img/$1"; }
-mk l1 && head -c 100M /dev/urandom > "$work/img/l1/random.bin"
-mk l2 && yes "berth benchmark line of compressible text 0123456789" | head -c 100M > "$work/img/l2/text.txt"
-mk l3 && head -c 50M /dev/urandom > "$work/img/l3/random.bin" && yes "more text for the third layer" | head -c 50M > "$work/img/l3/text.txt"
-umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
-for l in l1 l2 l3; do umoci insert --image "$work/oci:latest" "$work/img/$l" "/$l" >/dev/null; done
-rm -rf "$work/img"
-set -o pipefail
-
-port=5199
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" > "$work/registry.yml"
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 & reg_pid=$!
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-ref=127.0.0.1:$port/bench/three:latest
-skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://$ref"
-rm -rf "$work/oci"
+start_registry 5199
+ref=$(push_three_layer_image)
 
 start_daemons
 

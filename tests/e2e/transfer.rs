@@ -2,138 +2,14 @@
 //! a gRPC client as containerd 2.x clients drive it, against docker-registry on loopback.
 //! The pulled images are then checked and run with Debian's ctr. These tests need root.
 
-use std::time::Duration;
-
+use berth_e2e::transfer::{amd64, transfer, Pull};
 use berth_e2e::*;
-use containerd_client::services::v1::streaming_client::StreamingClient;
-use containerd_client::services::v1::transfer_client::TransferClient;
-use containerd_client::services::v1::{StreamInit, TransferOptions, TransferRequest};
-use containerd_client::tonic::{Code, Request, Status};
-use containerd_client::types::transfer::{
-    AuthRequest, AuthResponse, ImageStore, OciRegistry, Progress, RegistryResolver,
-    UnpackConfiguration,
-};
+use containerd_client::tonic::Code;
+use containerd_client::types::transfer::Progress;
 use containerd_client::types::Platform;
-use prost::{Message, Name};
-use tokio_stream::StreamExt;
-
-fn any<M: Message + Name>(m: &M) -> prost_types::Any {
-    prost_types::Any {
-        type_url: M::full_name(),
-        value: m.encode_to_vec(),
-    }
-}
-
-/// Opens a stream on the Streaming service; returns the sender for the client's messages
-/// and the server's messages.
-async fn open_stream(
-    ch: &containerd_client::tonic::transport::Channel,
-    ns: &str,
-    id: &str,
-) -> (
-    tokio::sync::mpsc::Sender<prost_types::Any>,
-    containerd_client::tonic::Streaming<prost_types::Any>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(any(&StreamInit { id: id.into() })).await.unwrap();
-    let req =
-        containerd_client::with_namespace!(tokio_stream::wrappers::ReceiverStream::new(rx), ns);
-    let mut s = StreamingClient::new(ch.clone())
-        .stream(req)
-        .await
-        .unwrap()
-        .into_inner();
-    s.message().await.unwrap().expect("stream acknowledged");
-    (tx, s)
-}
-
-struct Pull<'a> {
-    reference: &'a str,
-    platforms: Vec<Platform>,
-    /// (user, password) answered on the auth stream.
-    creds: Option<(&'a str, &'a str)>,
-}
-
-fn amd64() -> Platform {
-    Platform {
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        variant: String::new(),
-        os_version: String::new(),
-    }
-}
-
-/// Runs one Transfer pull with progress (and credentials when given); returns the result
-/// and the progress events seen.
-fn transfer(d: &Berthd, ns: &str, p: Pull<'_>) -> (Result<(), Status>, Vec<Progress>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let ch = containerd_client::connect(&d.socket).await.unwrap();
-        let (_ptx, mut progress) = open_stream(&ch, ns, "progress-1").await;
-        let mut auth_stream = String::new();
-        let mut answer = None;
-        if let Some((u, pw)) = p.creds {
-            let (atx, mut arx) = open_stream(&ch, ns, "auth-1").await;
-            auth_stream = "auth-1".into();
-            let (u, pw) = (u.to_owned(), pw.to_owned());
-            answer = Some(tokio::spawn(async move {
-                let q = arx.message().await.unwrap().unwrap();
-                let q = AuthRequest::decode(q.value.as_slice()).unwrap();
-                atx.send(any(&AuthResponse {
-                    auth_type: 1,
-                    secret: pw,
-                    username: u,
-                    expire_at: None,
-                }))
-                .await
-                .unwrap();
-                // Dropping either half would reset the stream before berthd reads the
-                // answer; a client keeps its stream until the transfer is over.
-                (q.host, atx, arx)
-            }));
-        }
-        let req = TransferRequest {
-            source: Some(any(&OciRegistry {
-                reference: p.reference.into(),
-                resolver: Some(RegistryResolver {
-                    auth_stream,
-                    default_scheme: "http".into(),
-                    ..Default::default()
-                }),
-            })),
-            destination: Some(any(&ImageStore {
-                name: p.reference.into(),
-                platforms: p.platforms.clone(),
-                unpacks: vec![UnpackConfiguration {
-                    platform: p.platforms.first().cloned(),
-                    snapshotter: "overlayfs".into(),
-                }],
-                ..Default::default()
-            })),
-            options: Some(TransferOptions {
-                progress_stream: "progress-1".into(),
-            }),
-        };
-        let r = TransferClient::new(ch.clone())
-            .transfer(containerd_client::with_namespace!(req, ns))
-            .await
-            .map(|_| ());
-        if let Some(a) = answer {
-            let (host, _, _) = a.await.unwrap();
-            assert_eq!(host, p.reference.split('/').next().unwrap());
-        }
-        let mut events = Vec::new();
-        while let Ok(Some(Ok(m))) =
-            tokio::time::timeout(Duration::from_millis(300), progress.next()).await
-        {
-            events.push(Progress::decode(m.value.as_slice()).unwrap());
-        }
-        (r, events)
-    })
-}
 
 fn pull_ok(d: &Berthd, ns: &str, p: Pull<'_>) -> Vec<Progress> {
-    let (r, events) = transfer(d, ns, p);
+    let (r, events) = transfer(&d.socket, ns, p);
     r.unwrap_or_else(|e| panic!("transfer failed: {e:?}\n--- berthd log ---\n{}", d.log()));
     events
 }
@@ -290,7 +166,7 @@ fn root_transfer_picks_the_platform_from_an_index() {
 
     // A platform the index does not have is NotFound, naming it.
     let (r, _) = transfer(
-        &d,
+        &d.socket,
         "other",
         Pull {
             reference: &reference,
@@ -315,7 +191,7 @@ fn root_transfer_with_basic_auth() {
     let reference = img.push_as(&reg, "private", Some("berth:s3cret"));
     let d = Berthd::start();
     let (r, _) = transfer(
-        &d,
+        &d.socket,
         "default",
         Pull {
             reference: &reference,
@@ -330,7 +206,7 @@ fn root_transfer_with_basic_auth() {
         "the registry is named: {e:?}"
     );
     let (r, _) = transfer(
-        &d,
+        &d.socket,
         "default",
         Pull {
             reference: &reference,
@@ -367,7 +243,7 @@ fn root_transfer_bad_references_and_unknown_images() {
     let reg = Registry::start();
     let d = Berthd::start();
     let (r, _) = transfer(
-        &d,
+        &d.socket,
         "default",
         Pull {
             reference: "UPPER/Case:tag",
@@ -380,7 +256,7 @@ fn root_transfer_bad_references_and_unknown_images() {
     assert!(e.message().contains("UPPER/Case:tag"), "{e:?}");
     let missing = format!("{}/nothing:here", reg.addr);
     let (r, _) = transfer(
-        &d,
+        &d.socket,
         "default",
         Pull {
             reference: &missing,
@@ -491,7 +367,7 @@ fn root_transfer_never_stores_a_blob_that_does_not_match_its_digest() {
     let liar = FaultyProxy::start(&reg.addr, &layer, Fault::Corrupt, 1000);
     let d = Berthd::start();
     let (r, _) = transfer(
-        &d,
+        &d.socket,
         "default",
         Pull {
             reference: &via(&liar, "noisy"),
@@ -515,6 +391,16 @@ fn root_transfer_never_stores_a_blob_that_does_not_match_its_digest() {
         .ctr_ok("default", &["images", "ls", "-q"])
         .trim()
         .is_empty());
+    // What the failed pull did store (manifest, config, busybox layer) is collected.
+    let start = std::time::Instant::now();
+    while !blob_files(&d).is_empty() && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        blob_files(&d),
+        Vec::<String>::new(),
+        "blobs left after a failed pull"
+    );
     drop(d);
 
     // Corrupted once, then served right: the retry succeeds.

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Server-side pull benchmark: berthd pulling and unpacking through its Transfer API, against
+# `ctr images pull` on Debian's containerd 1.6 (client-side fetch, daemon-side unpack) and
+# `skopeo copy` to a local OCI layout (fetch only, no unpack), alternating in one run.
+# Images, from a loopback docker-registry: (a) three layers, ~300 MB, half incompressible;
+# (b) twenty layers of 500 small files each. Daemon roots on tmpfs.
+# Usage: bash bench/pull-server.sh [RUNS]   (needs root; run scripts/install-deps.sh first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+runs=${1:-5}
+cargo build --release --locked -p berthd >/dev/null
+cargo build --release --locked -p berth-e2e --example transfer_pull >/dev/null
+berthd_bin=$PWD/target/release/berthd
+client=$PWD/target/release/examples/transfer_pull
+work=/tmp/berth-bench-xfer
+cleanup() {
+  set +e
+  [[ -n "${b_pid:-}" ]] && kill "$b_pid" && wait "$b_pid"
+  [[ -n "${c_pid:-}" ]] && kill "$c_pid" && wait "$c_pid"
+  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid"
+  grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
+  umount -l "$work" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work" && mount -t tmpfs -o size=8g tmpfs "$work"
+start_registry 5198
+three=$(push_three_layer_image)
+twenty=$(push_twenty_layer_image)
+start_daemons
+
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+berth_pull() { secs "$client" "$work/berth.sock" "$1"; ctr -a "$work/berth.sock" images rm --sync "$1" >/dev/null; }
+ctrd_pull() { secs ctr -a "$work/containerd.sock" images pull --plain-http "$1"; ctr -a "$work/containerd.sock" images rm --sync "$1" >/dev/null; }
+skopeo_pull() { secs skopeo copy --quiet --src-tls-verify=false "docker://$1" "oci:$work/skopeo:latest"; rm -rf "$work/skopeo"; }
+
+for ref in "$three" "$twenty"; do
+  b_t=(); c_t=(); s_t=()
+  for i in $(seq "$runs"); do
+    b=$(berth_pull "$ref"); c=$(ctrd_pull "$ref"); s=$(skopeo_pull "$ref")
+    b_t+=("$b"); c_t+=("$c"); s_t+=("$s")
+    printf '%s run %d: berthd %.3fs  containerd %.3fs  skopeo %.3fs\n' "${ref##*/}" "$i" "$b" "$c" "$s"
+  done
+  bm=$(median "${b_t[@]}"); cm=$(median "${c_t[@]}"); sm=$(median "${s_t[@]}")
+  printf '%s median: berthd %.3fs  containerd %.3fs  skopeo(fetch only) %.3fs  berth/containerd %.2f (speed-up %.2fx)  berth/skopeo %.2f\n\n' \
+    "${ref##*/}" "$bm" "$cm" "$sm" "$(echo "$bm / $cm" | bc -l)" "$(echo "$cm / $bm" | bc -l)" "$(echo "$bm / $sm" | bc -l)"
+done
