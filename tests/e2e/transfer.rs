@@ -454,3 +454,82 @@ fn root_ten_concurrent_pulls_fetch_each_blob_once() {
         assert!(ls.contains(&reference), "{ls}");
     }
 }
+
+#[test]
+fn root_push_to_another_repository_and_registry_then_pull_back_identical() {
+    let reg = Registry::start();
+    let other = Registry::start();
+    // A 20 MB layer goes up in chunks, the small ones in one request each.
+    let img = OciImage::build(&[
+        busybox_layer(),
+        vec![Entry::File("big.bin".into(), noise(20 << 20, 11), 0o644)],
+    ]);
+    let source = img.push(&reg, "src");
+    let d = Berthd::start();
+    pull_ok(
+        &d,
+        "default",
+        Pull {
+            reference: &source,
+            platforms: vec![amd64()],
+            creds: None,
+        },
+    );
+
+    // Same registry, another repository: blobs are mounted across repositories.
+    let same = format!("{}/dst:v1", reg.addr);
+    berth_e2e::transfer::push(&d.socket, "default", &source, &same)
+        .unwrap_or_else(|e| panic!("push to {same}: {e:?}\n{}", d.log()));
+    // Another registry: every blob uploaded.
+    let far = format!("{}/copy:v1", other.addr);
+    berth_e2e::transfer::push(&d.socket, "default", &source, &far)
+        .unwrap_or_else(|e| panic!("push to {far}: {e:?}\n{}", d.log()));
+    // Again: everything is there already.
+    berth_e2e::transfer::push(&d.socket, "default", &source, &far).unwrap();
+    let log = d.log();
+    assert!(
+        log.contains("blob mounted across repositories"),
+        "no cross-repository mount:\n{log}"
+    );
+    assert!(
+        log.contains("blob chunk uploaded"),
+        "no chunked upload:\n{log}"
+    );
+    assert!(
+        log.contains("registry has the blob already"),
+        "existing blobs not skipped:\n{log}"
+    );
+
+    for (i, r) in [&same, &far].into_iter().enumerate() {
+        let ns = format!("back-{i}");
+        pull_ok(
+            &d,
+            &ns,
+            Pull {
+                reference: r,
+                platforms: vec![amd64()],
+                creds: None,
+            },
+        );
+        let ls = d.ctr_ok(&ns, &["images", "ls"]);
+        assert!(
+            ls.contains(&img.manifest_digest),
+            "{r} came back as another manifest: {ls}"
+        );
+    }
+    // And a client other than berthd reads the pushed image.
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{far}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), img.manifest_digest);
+
+    let e = berth_e2e::transfer::push(&d.socket, "default", "no/such:image", &far).unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}

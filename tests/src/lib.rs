@@ -179,7 +179,7 @@ impl Berthd {
             .arg("--address")
             .arg(&self.socket)
             .arg("--log-level")
-            .arg("info,berthd=debug,berth_runtime=debug,berth_services=debug,shim=debug")
+            .arg("info,berthd=debug,berth_runtime=debug,berth_services=debug,berth_registry=debug,shim=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -130,3 +130,29 @@ pub fn transfer(socket: &Path, ns: &str, p: Pull<'_>) -> (Result<(), Status>, Ve
         (r, events)
     })
 }
+
+/// Pushes `image` (a name in the store) to `reference` through the Transfer API.
+pub fn push(socket: &Path, ns: &str, image: &str, reference: &str) -> Result<(), Status> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = containerd_client::connect(socket).await.unwrap();
+        let req = TransferRequest {
+            source: Some(any(&ImageStore {
+                name: image.into(),
+                ..Default::default()
+            })),
+            destination: Some(any(&OciRegistry {
+                reference: reference.into(),
+                resolver: Some(RegistryResolver {
+                    default_scheme: "http".into(),
+                    ..Default::default()
+                }),
+            })),
+            options: None,
+        };
+        TransferClient::new(ch)
+            .transfer(containerd_client::with_namespace!(req, ns))
+            .await
+            .map(|_| ())
+    })
+}

@@ -43,6 +43,15 @@ impl Default for RegistryConfig {
     }
 }
 
+/// Where a request goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint<'a> {
+    /// `/v2/<repository>/<path>`
+    Repo(&'a str),
+    /// A URL the registry returned in a Location header.
+    Location(&'a str),
+}
+
 /// What a request runs with: the registry, its repository, and per-request overrides.
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
@@ -122,21 +131,46 @@ impl RegistryClient {
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response> {
+        self.send_body(t, method, Endpoint::Repo(path), headers, None)
+            .await
+    }
+
+    /// The registry's URL for an endpoint: a repository path, or a Location it handed out
+    /// (absolute, or relative to the registry).
+    fn url(&self, t: &Target<'_>, e: &Endpoint<'_>) -> String {
+        let base = format!("{}://{}", self.scheme(t), t.reference.api_host());
+        match e {
+            Endpoint::Repo(path) => format!("{base}/v2/{}/{path}", t.reference.repository),
+            Endpoint::Location(l) if l.starts_with("http://") || l.starts_with("https://") => {
+                (*l).to_owned()
+            }
+            Endpoint::Location(l) => format!("{base}{l}"),
+        }
+    }
+
+    /// Like `send`, with a body (kept so that a retry can send it again).
+    pub async fn send_body(
+        &self,
+        t: &Target<'_>,
+        method: Method,
+        endpoint: Endpoint<'_>,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Response> {
         let host = t.reference.api_host().to_owned();
         let registry = t.reference.registry.clone();
         let key = (host.clone(), Self::scope(t));
         let mut answered_challenge = false;
         let mut attempt = 0;
         loop {
-            let url = format!(
-                "{}://{host}/v2/{}/{path}",
-                self.scheme(t),
-                t.reference.repository
-            );
+            let url = self.url(t, &endpoint);
             let mut rb = self
                 .http
                 .request(method.clone(), &url)
                 .headers(headers.clone());
+            if let Some(b) = &body {
+                rb = rb.body(b.clone());
+            }
             if let Some(a) = lock(&self.auth).get(&key) {
                 rb = rb.header(AUTHORIZATION, a.clone());
             }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod error;
 pub mod platform;
 pub mod pull;
+pub mod push;
 pub mod reference;
 
 pub use client::{RegistryClient, RegistryConfig};

@@ -11,6 +11,7 @@ use berth_core::Namespace;
 use berth_registry::auth::Credentials;
 use berth_registry::platform::Platform;
 use berth_registry::pull::{Progress, ProgressSink, PullRequest, Puller};
+use berth_registry::push::{PushRequest, Pusher};
 use berth_registry::Reference;
 use prost::{Message, Name};
 use tokio::sync::mpsc;
@@ -26,6 +27,7 @@ use crate::types::Descriptor;
 
 pub struct TransferService {
     pub puller: Arc<Puller>,
+    pub pusher: Arc<Pusher>,
     pub streams: StreamRegistry,
     pub events: EventBus,
     pub gc: berth_core::gc::Scheduler,
@@ -191,6 +193,48 @@ impl TransferService {
     }
 }
 
+impl TransferService {
+    async fn push(
+        &self,
+        ns: Namespace,
+        src: ImageStore,
+        dst: OciRegistry,
+        progress: Option<mpsc::Sender<prost_types::Any>>,
+    ) -> Result<(), Status> {
+        if src.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "push needs the name of an image in the store",
+            ));
+        }
+        let reference = Reference::parse(&dst.reference).map_err(registry_status)?;
+        let resolver = dst.resolver.unwrap_or_default();
+        let credentials = if resolver.auth_stream.is_empty() {
+            None
+        } else {
+            self.ask_credentials(&ns, &resolver.auth_stream, &reference)
+                .await?
+        };
+        let req = PushRequest {
+            namespace: ns,
+            image: src.name,
+            reference,
+            credentials,
+            plain_http: resolver.default_scheme == "http",
+        };
+        let pushed = match &progress {
+            Some(tx) => self.pusher.push(&req, &StreamProgress(tx.clone())).await,
+            None => {
+                self.pusher
+                    .push(&req, &berth_registry::pull::NoProgress)
+                    .await
+            }
+        }
+        .map_err(registry_status)?;
+        tracing::info!(image = %req.image, to = %req.reference, digest = %pushed.digest, "pushed");
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl transfer_server::Transfer for TransferService {
     async fn transfer(&self, req: Request<TransferRequest>) -> Result<Response<()>, Status> {
@@ -223,8 +267,13 @@ impl transfer_server::Transfer for TransferService {
                 .await?;
             return Ok(Response::new(()));
         }
+        if is::<ImageStore>(&src) && is::<OciRegistry>(&dst) {
+            self.push(ns, decode(&src)?, decode(&dst)?, progress)
+                .await?;
+            return Ok(Response::new(()));
+        }
         Err(Status::unimplemented(format!(
-            "transfer from {:?} to {:?} is not implemented in berthd yet (registry to image store is)",
+            "transfer from {:?} to {:?} is not implemented in berthd yet (registry to image store and back are)",
             src.type_url, dst.type_url
         )))
     }

@@ -281,16 +281,19 @@ async fn main() -> Result<()> {
         ..Default::default()
     })
     .context("registry client")?;
+    let registry = Arc::new(registry);
+    let stores = berth_registry::pull::Stores {
+        meta: meta.clone(),
+        content: content.clone(),
+        images: images.clone(),
+        snapshots: snapshots.clone(),
+        scratch: s.state.join("tmpmounts"),
+    };
     let puller = Arc::new(berth_registry::pull::Puller::new(
-        Arc::new(registry),
-        berth_registry::pull::Stores {
-            meta: meta.clone(),
-            content: content.clone(),
-            images: images.clone(),
-            snapshots: snapshots.clone(),
-            scratch: s.state.join("tmpmounts"),
-        },
+        registry.clone(),
+        stores.clone(),
     ));
+    let pusher = Arc::new(berth_registry::push::Pusher::new(registry, stores));
     let streams = streaming::StreamRegistry::default();
 
     let incoming = UnixListenerStream::new(listen(&s.address)?);
@@ -327,6 +330,7 @@ async fn main() -> Result<()> {
         }))
         .add_service(TransferServer::new(transfer::TransferService {
             puller,
+            pusher,
             streams,
             events: events.clone(),
             gc: gc.clone(),
