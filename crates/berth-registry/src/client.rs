@@ -4,6 +4,7 @@
 //! per host and scope), and retries 5xx, 429 and connection failures with backoff, bounded.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use reqwest::{Method, Response, StatusCode};
 
 use crate::auth::{parse_challenge, Challenge, Credentials};
 use crate::error::{Error, Result};
+use crate::hosts::{self, Capability, Host, Tls};
 use crate::reference::Reference;
 
 /// Manifest media types asked for, most wanted first.
@@ -30,6 +32,8 @@ pub struct RegistryConfig {
     pub retries: u32,
     /// First backoff; doubles with each retry.
     pub backoff: Duration,
+    /// A certs.d-style directory of `<registry>/hosts.toml` files.
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -39,6 +43,7 @@ impl Default for RegistryConfig {
             plain_http: HashSet::new(),
             retries: 4,
             backoff: Duration::from_millis(200),
+            hosts_dir: None,
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct Target<'a> {
     pub plain_http: bool,
     /// `pull` or `pull,push`.
     pub actions: &'static str,
+    /// A hosts.toml directory the client named for this request.
+    pub hosts_dir: Option<&'a Path>,
 }
 
 pub struct RegistryClient {
@@ -69,6 +76,8 @@ pub struct RegistryClient {
     auth: Mutex<HashMap<(String, String), String>>,
     /// Loopback hosts found not to speak TLS.
     http_fallback: Mutex<HashSet<String>>,
+    /// HTTP clients for hosts with their own TLS settings.
+    tls_clients: Mutex<HashMap<Tls, reqwest::Client>>,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -98,6 +107,7 @@ impl RegistryClient {
             cfg,
             auth: Mutex::new(HashMap::new()),
             http_fallback: Mutex::new(HashSet::new()),
+            tls_clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,20 +145,82 @@ impl RegistryClient {
             .await
     }
 
-    /// The registry's URL for an endpoint: a repository path, or a Location it handed out
-    /// (absolute, or relative to the registry).
-    fn url(&self, t: &Target<'_>, e: &Endpoint<'_>) -> String {
-        let base = format!("{}://{}", self.scheme(t), t.reference.api_host());
+    /// The hosts to try for a target: from hosts.toml when there is one for the registry,
+    /// else the registry itself.
+    fn hosts(&self, t: &Target<'_>) -> Result<Vec<Host>> {
+        let dir = t.hosts_dir.or(self.cfg.hosts_dir.as_deref());
+        if let Some(dir) = dir {
+            if let Some(h) = hosts::load(dir, &t.reference.registry, t.reference.api_host())? {
+                return Ok(h);
+            }
+        }
+        Ok(vec![Host::default_for(
+            t.reference.api_host(),
+            self.scheme(t),
+        )])
+    }
+
+    /// The HTTP client for a host's TLS settings (built once per distinct setting).
+    fn http_for(&self, tls: &Tls) -> Result<reqwest::Client> {
+        if *tls == Tls::default() {
+            return Ok(self.http.clone());
+        }
+        if let Some(c) = lock(&self.tls_clients).get(tls) {
+            return Ok(c.clone());
+        }
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))
+        };
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(tls.skip_verify);
+        for ca in &tls.ca {
+            let cert = reqwest::Certificate::from_pem(&read(ca)?)
+                .map_err(|e| Error::InvalidArgument(format!("CA {}: {e}", ca.display())))?;
+            b = b.add_root_certificate(cert);
+        }
+        if let Some((cert, key)) = tls.client.first() {
+            let mut pem = read(cert)?;
+            if let Some(k) = key {
+                pem.push(b'\n');
+                pem.extend(read(k)?);
+            }
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::InvalidArgument(format!("client certificate {}: {e}", cert.display()))
+            })?;
+            b = b.identity(id);
+        }
+        let c = b
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("http client: {e}")))?;
+        lock(&self.tls_clients).insert(tls.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// The URL of an endpoint on a host: a repository path, or a Location the host handed
+    /// out (absolute, or relative to the host).
+    fn url(t: &Target<'_>, host: &Host, e: &Endpoint<'_>) -> String {
         match e {
-            Endpoint::Repo(path) => format!("{base}/v2/{}/{path}", t.reference.repository),
+            Endpoint::Repo(path) => {
+                let url = format!("{}/{}/{path}", host.base, t.reference.repository);
+                if host.mirror {
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    format!("{url}{sep}ns={}", t.reference.registry)
+                } else {
+                    url
+                }
+            }
             Endpoint::Location(l) if l.starts_with("http://") || l.starts_with("https://") => {
                 (*l).to_owned()
             }
-            Endpoint::Location(l) => format!("{base}{l}"),
+            Endpoint::Location(l) => format!("{}{l}", origin(&host.base)),
         }
     }
 
-    /// Like `send`, with a body (kept so that a retry can send it again).
+    /// Like `send`, with a body (kept so that a retry can send it again). Hosts are tried in
+    /// order among those able to serve the request; a host that fails or lacks the object
+    /// hands over to the next.
     pub async fn send_body(
         &self,
         t: &Target<'_>,
@@ -157,18 +229,64 @@ impl RegistryClient {
         headers: HeaderMap,
         body: Option<bytes::Bytes>,
     ) -> Result<Response> {
-        let host = t.reference.api_host().to_owned();
+        let need = if t.actions.contains("push") {
+            Capability::Push
+        } else {
+            match endpoint {
+                Endpoint::Repo(p) if p.starts_with("manifests/") && !p.contains("sha256:") => {
+                    Capability::Resolve
+                }
+                _ => Capability::Pull,
+            }
+        };
+        let hosts: Vec<Host> = self.hosts(t)?.into_iter().filter(|h| h.can(need)).collect();
+        if hosts.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "registry {}: no configured host may be used to {need:?}",
+                t.reference.registry
+            )));
+        }
+        let last = hosts.len() - 1;
+        for (i, host) in hosts.iter().enumerate() {
+            let r = self
+                .send_to(t, host, &method, &endpoint, &headers, &body)
+                .await;
+            match r {
+                Ok(resp) if resp.status() == StatusCode::NOT_FOUND && i < last => {
+                    tracing::debug!(host = %host.base, "not on this host; trying the next");
+                }
+                Err(Error::Unavailable(e)) if i < last => {
+                    tracing::debug!(host = %host.base, "host failed ({e}); trying the next");
+                }
+                r => return r,
+            }
+        }
+        unreachable!("the last host always returns")
+    }
+
+    async fn send_to(
+        &self,
+        t: &Target<'_>,
+        host: &Host,
+        method: &Method,
+        endpoint: &Endpoint<'_>,
+        headers: &HeaderMap,
+        body: &Option<bytes::Bytes>,
+    ) -> Result<Response> {
+        let api_host = t.reference.api_host().to_owned();
         let registry = t.reference.registry.clone();
-        let key = (host.clone(), Self::scope(t));
+        let key = (origin(&host.base), Self::scope(t));
+        let http = self.http_for(&host.tls)?;
+        let mut host = host.clone();
         let mut answered_challenge = false;
         let mut attempt = 0;
         loop {
-            let url = self.url(t, &endpoint);
-            let mut rb = self
-                .http
-                .request(method.clone(), &url)
-                .headers(headers.clone());
-            if let Some(b) = &body {
+            let url = Self::url(t, &host, endpoint);
+            let mut rb = http.request(method.clone(), &url).headers(headers.clone());
+            for (k, v) in &host.headers {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+            if let Some(b) = body {
                 rb = rb.body(b.clone());
             }
             if let Some(a) = lock(&self.auth).get(&key) {
@@ -176,12 +294,14 @@ impl RegistryClient {
             }
             let failure = match rb.send().await {
                 Err(e) => {
-                    if self.scheme(t) == "https"
-                        && is_loopback(&host)
+                    if host.base.starts_with("https://")
+                        && !host.mirror
+                        && is_loopback(&api_host)
                         && (e.is_connect() || e.is_request())
                     {
-                        tracing::debug!(%host, "loopback registry does not speak TLS; using plain HTTP");
-                        lock(&self.http_fallback).insert(host.clone());
+                        tracing::debug!(host = %api_host, "loopback registry does not speak TLS; using plain HTTP");
+                        lock(&self.http_fallback).insert(api_host.clone());
+                        host.base = host.base.replacen("https://", "http://", 1);
                         continue;
                     }
                     format!("{method} {url}: {}", error_chain(&e))
@@ -386,6 +506,16 @@ impl RegistryClient {
             s if s.is_success() => Ok((resp, offset == 0)),
             s => Err(Error::Unavailable(format!("{what}: {s}"))),
         }
+    }
+}
+
+/// `scheme://authority` of a URL.
+fn origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest))
+        }
+        None => url.to_owned(),
     }
 }
 

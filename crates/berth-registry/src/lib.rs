@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod hosts;
 pub mod platform;
 pub mod pull;
 pub mod push;

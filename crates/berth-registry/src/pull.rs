@@ -57,6 +57,8 @@ pub struct PullRequest {
     pub labels: Labels,
     pub credentials: Option<Credentials>,
     pub plain_http: bool,
+    /// A hosts.toml directory for this request (else the daemon's).
+    pub hosts_dir: Option<std::path::PathBuf>,
     /// Platforms whose content is fetched; the first is unpacked. Empty: this machine's.
     pub platforms: Vec<Platform>,
     pub all_platforms: bool,
@@ -165,6 +167,7 @@ impl Puller {
                 credentials: req.credentials.as_ref(),
                 plain_http: req.plain_http,
                 actions: "pull",
+                hosts_dir: req.hosts_dir.as_deref(),
             },
             lease: lease.clone(),
             progress,

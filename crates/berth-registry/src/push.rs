@@ -29,6 +29,8 @@ pub struct PushRequest {
     pub reference: Reference,
     pub credentials: Option<Credentials>,
     pub plain_http: bool,
+    /// A hosts.toml directory for this request (else the daemon's).
+    pub hosts_dir: Option<std::path::PathBuf>,
 }
 
 pub struct Pusher {
@@ -83,6 +85,7 @@ impl Pusher {
             credentials: req.credentials.as_ref(),
             plain_http: req.plain_http,
             actions: "pull,push",
+            hosts_dir: req.hosts_dir.as_deref(),
         };
         // Where blobs may be mounted from: the image's own repository, if it is on the
         // same registry.

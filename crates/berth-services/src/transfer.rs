@@ -161,6 +161,7 @@ impl TransferService {
             labels: labels_in(dst.labels),
             credentials,
             plain_http: resolver.default_scheme == "http",
+            hosts_dir: (!resolver.host_dir.is_empty()).then(|| resolver.host_dir.clone().into()),
             platforms,
             all_platforms: dst.all_metadata,
             unpack,
@@ -220,6 +221,7 @@ impl TransferService {
             reference,
             credentials,
             plain_http: resolver.default_scheme == "http",
+            hosts_dir: (!resolver.host_dir.is_empty()).then(|| resolver.host_dir.clone().into()),
         };
         let pushed = match &progress {
             Some(tx) => self.pusher.push(&req, &StreamProgress(tx.clone())).await,

@@ -94,6 +94,8 @@ struct RegistrySettings {
     max_concurrent_downloads: usize,
     /// Credentials per registry host: `[registry.auths."host:port"] username, password`.
     auths: HashMap<String, RegistryAuth>,
+    /// containerd's hosts.toml layout: `<config_path>/<registry>/hosts.toml`.
+    config_path: Option<PathBuf>,
 }
 
 impl Default for RegistrySettings {
@@ -102,6 +104,7 @@ impl Default for RegistrySettings {
             plain_http: Vec::new(),
             max_concurrent_downloads: 3,
             auths: HashMap::new(),
+            config_path: None,
         }
     }
 }
@@ -278,6 +281,7 @@ async fn main() -> Result<()> {
             })
             .collect(),
         plain_http: s.registry.plain_http.iter().cloned().collect(),
+        hosts_dir: s.registry.config_path.clone(),
         ..Default::default()
     })
     .context("registry client")?;
