@@ -533,3 +533,127 @@ fn root_push_to_another_repository_and_registry_then_pull_back_identical() {
     let e = berth_e2e::transfer::push(&d.socket, "default", "no/such:image", &far).unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 }
+
+fn hosts_toml(dir: &std::path::Path, registry: &str, text: &str) {
+    let d = dir.join(registry);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("hosts.toml"), text).unwrap();
+}
+
+#[test]
+fn root_hosts_toml_mirrors_come_first_and_the_server_backs_them() {
+    use berth_e2e::transfer::{transfer_with, Resolver};
+    let mirror = Registry::start();
+    let origin = Registry::start();
+    let img = data_image();
+    img.push(&mirror, "app");
+    img.push(&origin, "only-at-origin");
+    let hosts = tempfile::tempdir().unwrap();
+    // The registry itself is unreachable: the mirror serves.
+    hosts_toml(
+        hosts.path(),
+        "origin.invalid",
+        &format!(
+            "server = \"http://127.0.0.1:1\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.addr
+        ),
+    );
+    // The mirror lacks the image: the server serves.
+    hosts_toml(
+        hosts.path(),
+        "origin2.invalid",
+        &format!(
+            "server = \"http://{}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            origin.addr, mirror.addr
+        ),
+    );
+    let d = Berthd::start();
+    for (i, r) in [
+        "origin.invalid/app:latest",
+        "origin2.invalid/only-at-origin:latest",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (res, _) = transfer_with(
+            &d.socket,
+            "default",
+            Pull {
+                reference: r,
+                platforms: vec![amd64()],
+                creds: None,
+            },
+            Resolver {
+                https: true,
+                host_dir: Some(hosts.path()),
+            },
+        );
+        res.unwrap_or_else(|e| panic!("{r}: {e:?}\n{}", d.log()));
+        let out = d.ctr_ok(
+            "default",
+            &[
+                "run",
+                "--rm",
+                r,
+                &format!("xfer-mirror-{i}"),
+                "cat",
+                "/data/hello",
+            ],
+        );
+        assert_eq!(out, "pulled by berthd\n");
+    }
+}
+
+#[test]
+fn root_hosts_toml_tls_is_verified_against_its_ca() {
+    use berth_e2e::transfer::{transfer_with, Resolver};
+    let ca = TestCa::new();
+    let reg = Registry::start_tls(&ca);
+    let img = data_image();
+    let reference = img.push(&reg, "secure");
+    let hosts = tempfile::tempdir().unwrap();
+    let d = Berthd::start();
+    let pull = |ns: &str| {
+        transfer_with(
+            &d.socket,
+            ns,
+            Pull {
+                reference: &reference,
+                platforms: vec![amd64()],
+                creds: None,
+            },
+            Resolver {
+                https: true,
+                host_dir: Some(hosts.path()),
+            },
+        )
+        .0
+    };
+    // Configured for HTTPS without its CA: the certificate is refused.
+    hosts_toml(
+        hosts.path(),
+        &reg.addr,
+        &format!("server = \"https://{}\"\n", reg.addr),
+    );
+    let e = pull("no-ca").unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().to_lowercase().contains("certificate"), "{e:?}");
+    // With the CA.
+    hosts_toml(
+        hosts.path(),
+        &reg.addr,
+        &format!(
+            "server = \"https://{}\"\nca = \"{}\"\n",
+            reg.addr,
+            ca.ca_pem().display()
+        ),
+    );
+    pull("with-ca").unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    // Skipping verification.
+    hosts_toml(
+        hosts.path(),
+        &reg.addr,
+        &format!("server = \"https://{}\"\nskip_verify = true\n", reg.addr),
+    );
+    pull("skip-verify").unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+}

@@ -55,7 +55,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// A registry that wants basic authentication (htpasswd, bcrypt) for `user`.
@@ -66,13 +66,18 @@ impl Registry {
             .output()
             .unwrap();
         assert!(out.status.success());
-        Self::start_with(Some(out.stdout))
+        Self::start_with(Some(out.stdout), None)
     }
 
-    fn start_with(htpasswd: Option<Vec<u8>>) -> Self {
+    /// A registry serving HTTPS with a certificate for 127.0.0.1 signed by `ca`.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::start_with(None, Some(ca))
+    }
+
+    fn start_with(htpasswd: Option<Vec<u8>>, tls: Option<&TestCa>) -> Self {
         require("docker-registry");
         let dir = tempfile::tempdir().unwrap();
-        let extra = match htpasswd {
+        let mut extra = match htpasswd {
             Some(h) => {
                 let file = dir.path().join("htpasswd");
                 std::fs::write(&file, h).unwrap();
@@ -83,6 +88,17 @@ impl Registry {
             }
             None => String::new(),
         };
+        if let Some(ca) = tls {
+            // Under `http:`, so it goes first.
+            extra.insert_str(
+                0,
+                &format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    ca.dir.path().join("server.pem").display(),
+                    ca.dir.path().join("server.key").display()
+                ),
+            );
+        }
         let port = free_port();
         let cfg = dir.path().join("config.yml");
         std::fs::write(
@@ -339,6 +355,91 @@ impl Drop for EventWatch {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A throwaway certificate authority and a server certificate for 127.0.0.1 it signed
+/// (`ca.pem`, `server.pem`, `server.key` in `dir`), made with openssl.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        require("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TestCa { dir }
+    }
+
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -62,9 +62,28 @@ pub fn amd64() -> Platform {
     }
 }
 
-/// Runs one Transfer pull with progress (and credentials when given); returns the result
-/// and the progress events seen.
+/// How berthd is told to reach the registry.
+#[derive(Default)]
+pub struct Resolver<'a> {
+    /// `https` instead of the plain HTTP loopback registries speak.
+    pub https: bool,
+    /// A hosts.toml directory.
+    pub host_dir: Option<&'a Path>,
+}
+
+/// Runs one Transfer pull over plain HTTP with progress (and credentials when given);
+/// returns the result and the progress events seen.
 pub fn transfer(socket: &Path, ns: &str, p: Pull<'_>) -> (Result<(), Status>, Vec<Progress>) {
+    transfer_with(socket, ns, p, Resolver::default())
+}
+
+/// `transfer`, with the resolver settings given.
+pub fn transfer_with(
+    socket: &Path,
+    ns: &str,
+    p: Pull<'_>,
+    resolver: Resolver<'_>,
+) -> (Result<(), Status>, Vec<Progress>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ch = containerd_client::connect(socket).await.unwrap();
@@ -96,7 +115,11 @@ pub fn transfer(socket: &Path, ns: &str, p: Pull<'_>) -> (Result<(), Status>, Ve
                 reference: p.reference.into(),
                 resolver: Some(RegistryResolver {
                     auth_stream,
-                    default_scheme: "http".into(),
+                    default_scheme: if resolver.https { "https" } else { "http" }.into(),
+                    host_dir: resolver
+                        .host_dir
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
                     ..Default::default()
                 }),
             })),

@@ -295,7 +295,7 @@ impl RegistryClient {
             let failure = match rb.send().await {
                 Err(e) => {
                     if host.base.starts_with("https://")
-                        && !host.mirror
+                        && host.http_fallback
                         && is_loopback(&api_host)
                         && (e.is_connect() || e.is_request())
                     {

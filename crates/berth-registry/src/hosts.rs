@@ -29,6 +29,9 @@ pub struct Host {
     pub headers: Vec<(String, String)>,
     /// A mirror rather than the registry itself: asked with `?ns=<registry>`.
     pub mirror: bool,
+    /// Unconfigured loopback registries may turn out to speak plain HTTP; configured hosts
+    /// get exactly the scheme they were given.
+    pub http_fallback: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -52,6 +55,7 @@ impl Host {
             tls: Tls::default(),
             headers: Vec::new(),
             mirror: false,
+            http_fallback: true,
         }
     }
 }
@@ -231,6 +235,7 @@ pub fn load(dir: &Path, registry: &str, api_host: &str) -> Result<Option<Vec<Hos
             tls: tls(&here, e.ca, e.client, e.skip_verify),
             headers: headers(e.header),
             mirror: true,
+            http_fallback: false,
         });
     }
     let server = f.server.unwrap_or_else(|| format!("https://{api_host}"));
@@ -243,6 +248,7 @@ pub fn load(dir: &Path, registry: &str, api_host: &str) -> Result<Option<Vec<Hos
         tls: tls(&here, f.ca, f.client, f.skip_verify),
         headers: headers(f.header),
         mirror: false,
+        http_fallback: false,
     });
     Ok(Some(hosts))
 }
