@@ -283,7 +283,7 @@ fn noisy_image() -> (OciImage, String) {
     (img, layer)
 }
 
-fn via(proxy: &FaultyProxy, repo: &str) -> String {
+fn via(proxy: &Proxy, repo: &str) -> String {
     format!("{}/{repo}:latest", proxy.addr)
 }
 
@@ -303,7 +303,7 @@ fn root_transfer_resumes_a_cut_off_blob_and_retries_server_errors() {
     let (img, layer) = noisy_image();
     img.push(&reg, "noisy");
 
-    let cut = FaultyProxy::start(&reg.addr, &layer, Fault::CutHalf, 1);
+    let cut = Proxy::faulty(&reg.addr, &layer, Fault::CutHalf, 1);
     let d = Berthd::start();
     let reference = via(&cut, "noisy");
     pull_ok(
@@ -344,7 +344,7 @@ fn root_transfer_resumes_a_cut_off_blob_and_retries_server_errors() {
     assert!(out.contains(&(4 << 20).to_string()), "{out}");
     drop(d);
 
-    let flaky = FaultyProxy::start(&reg.addr, &layer, Fault::Fail500, 2);
+    let flaky = Proxy::faulty(&reg.addr, &layer, Fault::Fail500, 2);
     let d = Berthd::start();
     pull_ok(
         &d,
@@ -364,7 +364,7 @@ fn root_transfer_never_stores_a_blob_that_does_not_match_its_digest() {
     let (img, layer) = noisy_image();
     img.push(&reg, "noisy");
 
-    let liar = FaultyProxy::start(&reg.addr, &layer, Fault::Corrupt, 1000);
+    let liar = Proxy::faulty(&reg.addr, &layer, Fault::Corrupt, 1000);
     let d = Berthd::start();
     let (r, _) = transfer(
         &d.socket,
@@ -404,7 +404,7 @@ fn root_transfer_never_stores_a_blob_that_does_not_match_its_digest() {
     drop(d);
 
     // Corrupted once, then served right: the retry succeeds.
-    let once = FaultyProxy::start(&reg.addr, &layer, Fault::Corrupt, 1);
+    let once = Proxy::faulty(&reg.addr, &layer, Fault::Corrupt, 1);
     let d = Berthd::start();
     pull_ok(
         &d,
@@ -423,7 +423,7 @@ fn root_ten_concurrent_pulls_fetch_each_blob_once() {
     let reg = Registry::start();
     let (img, _) = noisy_image();
     img.push(&reg, "noisy");
-    let counter = FaultyProxy::start(&reg.addr, "no-fault", Fault::Fail500, 0);
+    let counter = Proxy::faulty(&reg.addr, "no-fault", Fault::Fail500, 0);
     let d = Berthd::start();
     let reference = via(&counter, "noisy");
     std::thread::scope(|s| {
@@ -656,4 +656,45 @@ fn root_hosts_toml_tls_is_verified_against_its_ca() {
         &format!("server = \"https://{}\"\nskip_verify = true\n", reg.addr),
     );
     pull("skip-verify").unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+}
+
+#[test]
+fn root_transfer_with_bearer_tokens_from_the_challenge() {
+    let reg = Registry::start();
+    let img = data_image();
+    img.push(&reg, "tokened");
+    let front = Proxy::token_auth(&reg.addr, "berth", "t0ken-pass");
+    let reference = via(&front, "tokened");
+    let d = Berthd::start();
+    let pull = |ns: &str, creds| {
+        transfer(
+            &d.socket,
+            ns,
+            Pull {
+                reference: &reference,
+                platforms: vec![amd64()],
+                creds,
+            },
+        )
+        .0
+    };
+    let e = pull("default", Some(("berth", "wrong"))).unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains(&front.addr), "{e:?}");
+    pull("default", Some(("berth", "t0ken-pass"))).unwrap_or_else(|e| panic!("{e:?}\n{}", d.log()));
+    // The token is reused for the next pull: no new token request.
+    pull("second", Some(("berth", "t0ken-pass"))).unwrap();
+    assert_eq!(front.gets("/token?"), 2, "{:#?}", front.requests());
+    let out = d.ctr_ok(
+        "second",
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "xfer-bearer-1",
+            "cat",
+            "/data/hello",
+        ],
+    );
+    assert_eq!(out, "pulled by berthd\n");
 }

@@ -725,25 +725,50 @@ pub enum Fault {
 /// (request line, Range header) of each request a proxy saw.
 type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
 
-/// An HTTP/1.1 proxy in front of a registry on loopback that injects faults into the
-/// first `times` responses for one blob, and records every request line and Range header.
-pub struct FaultyProxy {
+/// One request as a proxy saw it.
+pub struct ProxiedRequest {
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ProxiedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a proxy does with a request.
+pub enum Verdict {
+    /// Forward upstream, damaging the response as the fault says.
+    Forward(Option<Fault>),
+    /// Answer with these bytes (a whole HTTP response) instead.
+    Respond(Vec<u8>),
+}
+
+type Policy = dyn Fn(&ProxiedRequest) -> Verdict + Send + Sync;
+
+/// An HTTP/1.1 proxy (GET and HEAD, one request per connection) in front of a registry on
+/// loopback; a policy decides per request, and every request line and Range header is
+/// recorded.
+pub struct Proxy {
     pub addr: String,
     log: RequestLog,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl FaultyProxy {
-    pub fn start(upstream: &str, target: &str, fault: Fault, times: usize) -> Self {
+impl Proxy {
+    pub fn start(upstream: &str, policy: std::sync::Arc<Policy>) -> Self {
         use std::io::{BufRead, BufReader, Read};
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let left = Arc::new(AtomicUsize::new(times));
-        let (upstream, target) = (upstream.to_owned(), target.to_owned());
+        let upstream = upstream.to_owned();
         let (log2, stop2) = (log.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -751,13 +776,11 @@ impl FaultyProxy {
                     break;
                 }
                 let Ok(mut client) = conn else { continue };
-                let (upstream, target, log, left) =
-                    (upstream.clone(), target.clone(), log2.clone(), left.clone());
+                let (upstream, log, policy) = (upstream.clone(), log2.clone(), policy.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(client.try_clone().unwrap());
-                    let mut head = Vec::new();
+                    let mut lines = Vec::new();
                     let mut line = String::new();
-                    let mut range = None;
                     loop {
                         line.clear();
                         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -766,34 +789,47 @@ impl FaultyProxy {
                         if line == "\r\n" {
                             break;
                         }
-                        let lower = line.to_ascii_lowercase();
-                        if lower.starts_with("connection:") {
-                            continue;
-                        }
-                        if lower.starts_with("range:") {
-                            range = Some(line[6..].trim().to_owned());
-                        }
-                        head.push(line.clone());
+                        lines.push(line.clone());
                     }
-                    let request_line = head.first().cloned().unwrap_or_default();
+                    let req = ProxiedRequest {
+                        line: lines
+                            .first()
+                            .map(|l| l.trim().to_owned())
+                            .unwrap_or_default(),
+                        headers: lines
+                            .iter()
+                            .skip(1)
+                            .filter_map(|l| l.split_once(':'))
+                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                            .collect(),
+                    };
                     log.lock()
                         .unwrap()
-                        .push((request_line.trim().to_owned(), range));
-                    let faulty = request_line.contains("/blobs/")
-                        && request_line.contains(&target)
-                        && left
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                            .is_ok();
-                    if faulty && matches!(fault, Fault::Fail500) {
+                        .push((req.line.clone(), req.header("range").map(str::to_owned)));
+                    let fault = match policy(&req) {
+                        Verdict::Respond(bytes) => {
+                            let _ = client.write_all(&bytes);
+                            return;
+                        }
+                        Verdict::Forward(f) => f,
+                    };
+                    if matches!(fault, Some(Fault::Fail500)) {
                         let _ = client.write_all(
                             b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                         );
                         return;
                     }
                     let mut up = std::net::TcpStream::connect(&upstream).unwrap();
-                    let mut req = head.concat();
-                    req.push_str("Connection: close\r\n\r\n");
-                    up.write_all(req.as_bytes()).unwrap();
+                    let mut head: String = lines
+                        .iter()
+                        .filter(|l| {
+                            let l = l.to_ascii_lowercase();
+                            !l.starts_with("connection:") && !l.starts_with("authorization:")
+                        })
+                        .cloned()
+                        .collect();
+                    head.push_str("Connection: close\r\n\r\n");
+                    up.write_all(head.as_bytes()).unwrap();
                     let mut resp = Vec::new();
                     let _ = up.read_to_end(&mut resp);
                     let split = resp
@@ -802,15 +838,13 @@ impl FaultyProxy {
                         .map_or(resp.len(), |p| p + 4);
                     let (headers, body) = resp.split_at(split);
                     let mut body = body.to_vec();
-                    if faulty {
-                        match fault {
-                            Fault::CutHalf => body.truncate(body.len() / 2),
-                            Fault::Corrupt if !body.is_empty() => {
-                                let mid = body.len() / 2;
-                                body[mid] ^= 0xff;
-                            }
-                            _ => {}
+                    match fault {
+                        Some(Fault::CutHalf) => body.truncate(body.len() / 2),
+                        Some(Fault::Corrupt) if !body.is_empty() => {
+                            let mid = body.len() / 2;
+                            body[mid] ^= 0xff;
                         }
+                        _ => {}
                     }
                     let headers = String::from_utf8_lossy(headers)
                         .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
@@ -819,7 +853,81 @@ impl FaultyProxy {
                 });
             }
         });
-        FaultyProxy { addr, log, stop }
+        Proxy { addr, log, stop }
+    }
+
+    /// A proxy that damages the first `times` responses for blobs whose path contains
+    /// `target`.
+    pub fn faulty(upstream: &str, target: &str, fault: Fault, times: usize) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let left = AtomicUsize::new(times);
+        let target = target.to_owned();
+        Self::start(
+            upstream,
+            std::sync::Arc::new(move |r: &ProxiedRequest| {
+                let hit = r.line.contains("/blobs/")
+                    && r.line.contains(&target)
+                    && left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                Verdict::Forward(hit.then_some(fault))
+            }),
+        )
+    }
+
+    /// A registry front that wants bearer tokens, as Docker Hub does: `/v2/` requests without
+    /// the token get a Bearer challenge pointing at this proxy's `/token`, which hands the
+    /// token out for the right basic credentials.
+    pub fn token_auth(upstream: &str, user: &str, password: &str) -> Self {
+        use base64::Engine;
+        let want_basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let addr_cell: std::sync::Arc<std::sync::OnceLock<String>> = Default::default();
+        let cell = addr_cell.clone();
+        let p = Self::start(
+            upstream,
+            std::sync::Arc::new(move |r: &ProxiedRequest| {
+                let respond = |status: &str, extra: String, body: &str| {
+                    Verdict::Respond(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes(),
+                    )
+                };
+                if r.line.starts_with("GET /token") {
+                    return if r.header("authorization") == Some(want_basic.as_str()) {
+                        respond(
+                            "200 OK",
+                            String::new(),
+                            r#"{"token":"berth-test-token","expires_in":300}"#,
+                        )
+                    } else {
+                        respond(
+                            "401 Unauthorized",
+                            String::new(),
+                            r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                        )
+                    };
+                }
+                if r.header("authorization") == Some("Bearer berth-test-token") {
+                    return Verdict::Forward(None);
+                }
+                let addr = cell.get().cloned().unwrap_or_default();
+                respond(
+                    "401 Unauthorized",
+                    format!(
+                        "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"berth-test\"\r\n"
+                    ),
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                )
+            }),
+        );
+        let _ = addr_cell.set(p.addr.clone());
+        p
     }
 
     /// (request line, Range header) of every request so far.
@@ -836,7 +944,7 @@ impl FaultyProxy {
     }
 }
 
-impl Drop for FaultyProxy {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wake the accept loop so it sees the stop flag.
