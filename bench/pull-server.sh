@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 runs=${1:-5}
 cargo build --release --locked -p berthd >/dev/null
-cargo build --release --locked -p berth-e2e --example transfer_pull >/dev/null
+cargo build --release --locked -p berth-e2e --example transfer_pull --example latency_proxy >/dev/null
 berthd_bin=$PWD/target/release/berthd
 client=$PWD/target/release/examples/transfer_pull
 work=/tmp/berth-bench-xfer
@@ -19,6 +19,7 @@ cleanup() {
   [[ -n "${b_pid:-}" ]] && kill "$b_pid" && wait "$b_pid"
   [[ -n "${c_pid:-}" ]] && kill "$c_pid" && wait "$c_pid"
   [[ -n "${reg_pid:-}" ]] && kill "$reg_pid"
+  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid"
   grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
   umount -l "$work" 2>/dev/null
   rm -rf "$work"
@@ -35,14 +36,19 @@ berth_pull() { secs "$client" "$work/berth.sock" "$1"; ctr -a "$work/berth.sock"
 ctrd_pull() { secs ctr -a "$work/containerd.sock" images pull --plain-http "$1"; ctr -a "$work/containerd.sock" images rm --sync "$1" >/dev/null; }
 skopeo_pull() { secs skopeo copy --quiet --src-tls-verify=false "docker://$1" "oci:$work/skopeo:latest"; rm -rf "$work/skopeo"; }
 
-for ref in "$three" "$twenty"; do
+# The same images through a proxy that adds 50 ms to every request.
+"$PWD/target/release/examples/latency_proxy" "$reg" 50 > "$work/proxy.addr" & proxy_pid=$!
+for _ in $(seq 100); do [[ -s $work/proxy.addr ]] && break; sleep 0.1; done
+slow=$(cat "$work/proxy.addr")
+
+for ref in "$three" "$twenty" "${three/$reg/$slow}" "${twenty/$reg/$slow}"; do
   b_t=(); c_t=(); s_t=()
   for i in $(seq "$runs"); do
     b=$(berth_pull "$ref"); c=$(ctrd_pull "$ref"); s=$(skopeo_pull "$ref")
     b_t+=("$b"); c_t+=("$c"); s_t+=("$s")
-    printf '%s run %d: berthd %.3fs  containerd %.3fs  skopeo %.3fs\n' "${ref##*/}" "$i" "$b" "$c" "$s"
+    printf '%s run %d: berthd %.3fs  containerd %.3fs  skopeo %.3fs\n' "$ref" "$i" "$b" "$c" "$s"
   done
   bm=$(median "${b_t[@]}"); cm=$(median "${c_t[@]}"); sm=$(median "${s_t[@]}")
   printf '%s median: berthd %.3fs  containerd %.3fs  skopeo(fetch only) %.3fs  berth/containerd %.2f (speed-up %.2fx)  berth/skopeo %.2f\n\n' \
-    "${ref##*/}" "$bm" "$cm" "$sm" "$(echo "$bm / $cm" | bc -l)" "$(echo "$cm / $bm" | bc -l)" "$(echo "$bm / $sm" | bc -l)"
+    "$ref" "$bm" "$cm" "$sm" "$(echo "$bm / $cm" | bc -l)" "$(echo "$cm / $bm" | bc -l)" "$(echo "$bm / $sm" | bc -l)"
 done
