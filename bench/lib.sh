@@ -16,6 +16,16 @@ CFG
   for s in berth.sock containerd.sock; do for _ in $(seq 100); do [[ -S $work/$s ]] && break; sleep 0.1; done; done
 }
 
+# Stops what a benchmark started (daemons, registry, proxy) and removes its tmpfs.
+cleanup_work() {
+  set +e
+  for pid in "${b_pid:-}" "${c_pid:-}"; do [[ -n $pid ]] && kill "$pid" && wait "$pid"; done
+  for pid in "${reg_pid:-}" "${proxy_pid:-}"; do [[ -n $pid ]] && kill "$pid"; done
+  grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
+  umount -l "$work" 2>/dev/null
+  rm -rf "$work"
+}
+
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 

@@ -14,17 +14,7 @@ cargo build --release --locked -p berth-e2e --example transfer_pull --example la
 berthd_bin=$PWD/target/release/berthd
 client=$PWD/target/release/examples/transfer_pull
 work=/tmp/berth-bench-xfer
-cleanup() {
-  set +e
-  [[ -n "${b_pid:-}" ]] && kill "$b_pid" && wait "$b_pid"
-  [[ -n "${c_pid:-}" ]] && kill "$c_pid" && wait "$c_pid"
-  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid"
-  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid"
-  grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
-  umount -l "$work" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_work EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=8g tmpfs "$work"
 start_registry 5198
 three=$(push_three_layer_image)

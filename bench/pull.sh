@@ -11,16 +11,7 @@ runs=${1:-5}
 cargo build --release --locked -p berthd >/dev/null
 berthd_bin=$PWD/target/release/berthd
 work=/tmp/berth-bench
-cleanup() {
-  set +e
-  [[ -n "${b_pid:-}" ]] && kill "$b_pid" && wait "$b_pid"
-  [[ -n "${c_pid:-}" ]] && kill "$c_pid" && wait "$c_pid"
-  [[ -n "${reg_pid:-}" ]] && kill "$reg_pid"
-  grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
-  umount -l "$work" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_work EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=6g tmpfs "$work"
 start_registry 5199
 ref=$(push_three_layer_image)

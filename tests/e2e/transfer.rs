@@ -14,6 +14,19 @@ fn pull_ok(d: &Berthd, ns: &str, p: Pull<'_>) -> Vec<Progress> {
     events
 }
 
+/// A linux/amd64 pull of `reference` without credentials.
+fn amd64_pull(reference: &str) -> Pull<'_> {
+    Pull {
+        reference,
+        platforms: vec![amd64()],
+        creds: None,
+    }
+}
+
+fn pull_amd64(d: &Berthd, ns: &str, reference: &str) -> Vec<Progress> {
+    pull_ok(d, ns, amd64_pull(reference))
+}
+
 fn data_image() -> OciImage {
     OciImage::build(&[
         busybox_layer(),
@@ -30,15 +43,7 @@ fn root_transfer_pulls_unpacks_and_the_image_runs() {
     let img = data_image();
     let reference = img.push(&reg, "served");
     let d = Berthd::start();
-    let events = pull_ok(
-        &d,
-        "default",
-        Pull {
-            reference: &reference,
-            platforms: vec![amd64()],
-            creds: None,
-        },
-    );
+    let events = pull_amd64(&d, "default", &reference);
     let names: Vec<String> = events
         .iter()
         .map(|e| format!("{} {}", e.event, e.name))
@@ -73,15 +78,7 @@ fn root_transfer_pulls_unpacks_and_the_image_runs() {
     assert_eq!(out, "pulled by berthd\n");
 
     // A second pull of the same image fetches nothing and still succeeds.
-    let again = pull_ok(
-        &d,
-        "default",
-        Pull {
-            reference: &reference,
-            platforms: vec![amd64()],
-            creds: None,
-        },
-    );
+    let again = pull_amd64(&d, "default", &reference);
     assert!(!again.iter().any(|e| e.event == "complete"), "{again:#?}");
 
     // By digest.
@@ -133,15 +130,7 @@ fn root_transfer_picks_the_platform_from_an_index() {
     let img = OciImage::build_index(&[("arm64", vec![arm]), ("amd64", vec![amd])]);
     let reference = img.push(&reg, "multi");
     let d = Berthd::start();
-    pull_ok(
-        &d,
-        "default",
-        Pull {
-            reference: &reference,
-            platforms: vec![amd64()],
-            creds: None,
-        },
-    );
+    pull_amd64(&d, "default", &reference);
     let ls = d.ctr_ok("default", &["images", "ls"]);
     assert!(
         ls.contains(&img.manifest_digest),
@@ -205,15 +194,7 @@ fn root_transfer_with_basic_auth() {
         e.message().contains(&reg.addr),
         "the registry is named: {e:?}"
     );
-    let (r, _) = transfer(
-        &d.socket,
-        "default",
-        Pull {
-            reference: &reference,
-            platforms: vec![amd64()],
-            creds: None,
-        },
-    );
+    let (r, _) = transfer(&d.socket, "default", amd64_pull(&reference));
     assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
     pull_ok(
         &d,
@@ -306,15 +287,7 @@ fn root_transfer_resumes_a_cut_off_blob_and_retries_server_errors() {
     let cut = Proxy::faulty(&reg.addr, &layer, Fault::CutHalf, 1);
     let d = Berthd::start();
     let reference = via(&cut, "noisy");
-    pull_ok(
-        &d,
-        "default",
-        Pull {
-            reference: &reference,
-            platforms: vec![amd64()],
-            creds: None,
-        },
-    );
+    pull_amd64(&d, "default", &reference);
     let asks: Vec<_> = cut
         .requests()
         .into_iter()
@@ -466,15 +439,7 @@ fn root_push_to_another_repository_and_registry_then_pull_back_identical() {
     ]);
     let source = img.push(&reg, "src");
     let d = Berthd::start();
-    pull_ok(
-        &d,
-        "default",
-        Pull {
-            reference: &source,
-            platforms: vec![amd64()],
-            creds: None,
-        },
-    );
+    pull_amd64(&d, "default", &source);
 
     // Same registry, another repository: blobs are mounted across repositories.
     let same = format!("{}/dst:v1", reg.addr);
@@ -502,15 +467,7 @@ fn root_push_to_another_repository_and_registry_then_pull_back_identical() {
 
     for (i, r) in [&same, &far].into_iter().enumerate() {
         let ns = format!("back-{i}");
-        pull_ok(
-            &d,
-            &ns,
-            Pull {
-                reference: r,
-                platforms: vec![amd64()],
-                creds: None,
-            },
-        );
+        pull_amd64(&d, &ns, r);
         let ls = d.ctr_ok(&ns, &["images", "ls"]);
         assert!(
             ls.contains(&img.manifest_digest),

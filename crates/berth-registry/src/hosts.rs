@@ -60,17 +60,12 @@ impl Host {
     }
 }
 
+/// A hosts.toml: the server's own settings (those of a host entry) plus its mirrors.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct File {
     server: Option<String>,
-    capabilities: Option<Vec<String>>,
-    ca: Option<OneOrMany>,
-    client: Option<ClientCerts>,
-    skip_verify: Option<bool>,
-    override_path: Option<bool>,
-    #[serde(default)]
-    header: BTreeMap<String, OneOrMany>,
+    #[serde(flatten)]
+    settings: HostEntry,
     #[serde(default)]
     host: toml::Table,
 }
@@ -239,14 +234,15 @@ pub fn load(dir: &Path, registry: &str, api_host: &str) -> Result<Option<Vec<Hos
         });
     }
     let server = f.server.unwrap_or_else(|| format!("https://{api_host}"));
+    let own = f.settings;
     hosts.push(Host {
-        base: base(&server, f.override_path.unwrap_or(false), &file)?,
-        capabilities: match f.capabilities {
+        base: base(&server, own.override_path.unwrap_or(false), &file)?,
+        capabilities: match own.capabilities {
             Some(c) => capabilities(Some(c), &file)?,
             None => vec![Capability::Resolve, Capability::Pull, Capability::Push],
         },
-        tls: tls(&here, f.ca, f.client, f.skip_verify),
-        headers: headers(f.header),
+        tls: tls(&here, own.ca, own.client, own.skip_verify),
+        headers: headers(own.header),
         mirror: false,
         http_fallback: false,
     });

@@ -22,7 +22,9 @@ use crate::events::EventBus;
 use crate::server::transfer_server;
 use crate::status::{labels_in, namespace, registry_status};
 use crate::streaming::{any_of, StreamRegistry};
-use crate::types::transfer::{AuthRequest, AuthResponse, ImageStore, OciRegistry};
+use crate::types::transfer::{
+    AuthRequest, AuthResponse, ImageStore, OciRegistry, RegistryResolver,
+};
 use crate::types::Descriptor;
 
 pub struct TransferService {
@@ -121,6 +123,23 @@ impl TransferService {
         )
     }
 
+    /// The reference, resolver settings and credentials of a registry end of a transfer.
+    async fn registry(
+        &self,
+        ns: &Namespace,
+        r: OciRegistry,
+    ) -> Result<(Reference, RegistryResolver, Option<Credentials>), Status> {
+        let reference = Reference::parse(&r.reference).map_err(registry_status)?;
+        let resolver = r.resolver.unwrap_or_default();
+        let credentials = if resolver.auth_stream.is_empty() {
+            None
+        } else {
+            self.ask_credentials(ns, &resolver.auth_stream, &reference)
+                .await?
+        };
+        Ok((reference, resolver, credentials))
+    }
+
     async fn pull(
         &self,
         ns: Namespace,
@@ -128,14 +147,7 @@ impl TransferService {
         dst: ImageStore,
         progress: Option<mpsc::Sender<prost_types::Any>>,
     ) -> Result<(), Status> {
-        let reference = Reference::parse(&src.reference).map_err(registry_status)?;
-        let resolver = src.resolver.unwrap_or_default();
-        let credentials = if resolver.auth_stream.is_empty() {
-            None
-        } else {
-            self.ask_credentials(&ns, &resolver.auth_stream, &reference)
-                .await?
-        };
+        let (reference, resolver, credentials) = self.registry(&ns, src).await?;
         let mut platforms: Vec<Platform> = Vec::new();
         for u in &dst.unpacks {
             if let Some(p) = &u.platform {
@@ -207,14 +219,7 @@ impl TransferService {
                 "push needs the name of an image in the store",
             ));
         }
-        let reference = Reference::parse(&dst.reference).map_err(registry_status)?;
-        let resolver = dst.resolver.unwrap_or_default();
-        let credentials = if resolver.auth_stream.is_empty() {
-            None
-        } else {
-            self.ask_credentials(&ns, &resolver.auth_stream, &reference)
-                .await?
-        };
+        let (reference, resolver, credentials) = self.registry(&ns, dst).await?;
         let req = PushRequest {
             namespace: ns,
             image: src.name,
