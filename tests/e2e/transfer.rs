@@ -655,3 +655,92 @@ fn root_transfer_with_bearer_tokens_from_the_challenge() {
     );
     assert_eq!(out, "pulled by berthd\n");
 }
+
+#[test]
+fn root_export_and_import_oci_archives_through_transfer() {
+    use berth_e2e::transfer::{export_archive, import_archive};
+    let reg = Registry::start();
+    let img = data_image();
+    let reference = img.push(&reg, "archived");
+    let d = Berthd::start();
+    pull_amd64(&d, "default", &reference);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    export_archive(&d.socket, "default", &reference, &archive)
+        .unwrap_or_else(|e| panic!("export: {e:?}\n{}", d.log()));
+    // Another tool reads it as the same image.
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), img.manifest_digest);
+
+    // Into another daemon: imported, unpacked, runnable.
+    let e2 = Berthd::start();
+    import_archive(&e2.socket, "imported", &archive, "")
+        .unwrap_or_else(|e| panic!("import: {e:?}\n{}", e2.log()));
+    let ls = e2.ctr_ok("imported", &["images", "ls"]);
+    assert!(
+        ls.contains(&reference) && ls.contains(&img.manifest_digest),
+        "{ls}"
+    );
+    let snaps = e2.ctr_ok("imported", &["snapshots", "ls"]);
+    assert_eq!(
+        snaps.lines().filter(|l| l.contains("Committed")).count(),
+        2,
+        "{snaps}"
+    );
+    let out = e2.ctr_ok(
+        "imported",
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "xfer-import-1",
+            "cat",
+            "/data/hello",
+        ],
+    );
+    assert_eq!(out, "pulled by berthd\n");
+
+    // A blob whose bytes do not match its name is refused, naming it; no image appears.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let layer = img.layer_digests()[1].clone();
+    let tar_name = format!("blobs/sha256/{}", &layer[7..]);
+    let at = bytes
+        .windows(tar_name.len())
+        .position(|w| w == tar_name.as_bytes())
+        .expect("layer entry in the archive");
+    // The entry's data starts at the next 512-byte block after its header.
+    let data = (at / 512 + 1) * 512;
+    bytes[data + 10] ^= 0xff;
+    let bad = dir.path().join("bad.tar");
+    std::fs::write(&bad, &bytes).unwrap();
+    let e3 = Berthd::start();
+    let e = import_archive(&e3.socket, "default", &bad, "").unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&layer), "{e:?}");
+    assert!(e3
+        .ctr_ok("default", &["images", "ls", "-q"])
+        .trim()
+        .is_empty());
+
+    // Not an OCI layout at all.
+    let junk = dir.path().join("junk.tar");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "hello.txt", &b"hi\n"[..]).unwrap();
+    std::fs::write(&junk, b.into_inner().unwrap()).unwrap();
+    let e = import_archive(&e3.socket, "default", &junk, "").unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("oci-layout"), "{e:?}");
+}

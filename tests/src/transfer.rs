@@ -179,3 +179,106 @@ pub fn push(socket: &Path, ns: &str, image: &str, reference: &str) -> Result<(),
             .map(|_| ())
     })
 }
+
+/// Imports an OCI archive file through the Transfer API (data sent as berthd grants credit),
+/// unpacking it for linux/amd64; `name` names an image the archive does not.
+pub fn import_archive(socket: &Path, ns: &str, archive: &Path, name: &str) -> Result<(), Status> {
+    use containerd_client::types::transfer::{Data, ImageImportStream, WindowUpdate};
+    let bytes = std::fs::read(archive).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = containerd_client::connect(socket).await.unwrap();
+        let (tx, mut rx) = open_stream(&ch, ns, "import-1").await;
+        let sender = tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < bytes.len() {
+                let Ok(Some(m)) = rx.message().await else {
+                    break;
+                };
+                let credit = WindowUpdate::decode(m.value.as_slice()).unwrap().update as usize;
+                let end = bytes.len().min(sent + credit);
+                for chunk in bytes[sent..end].chunks(64 << 10) {
+                    tx.send(any(&Data {
+                        data: chunk.to_vec(),
+                    }))
+                    .await
+                    .unwrap();
+                }
+                sent = end;
+            }
+            // Closing our side tells berthd the archive is complete; the response half
+            // stays open until the transfer is over.
+            drop(tx);
+            rx
+        });
+        let req = TransferRequest {
+            source: Some(any(&ImageImportStream {
+                stream: "import-1".into(),
+                media_type: "application/x-tar".into(),
+                force_compress: false,
+            })),
+            destination: Some(any(&ImageStore {
+                name: name.into(),
+                unpacks: vec![UnpackConfiguration {
+                    platform: Some(amd64()),
+                    snapshotter: "overlayfs".into(),
+                }],
+                ..Default::default()
+            })),
+            options: None,
+        };
+        let r = TransferClient::new(ch)
+            .transfer(containerd_client::with_namespace!(req, ns))
+            .await
+            .map(|_| ());
+        let _rx = sender.await.unwrap();
+        r
+    })
+}
+
+/// Exports an image through the Transfer API into `out`, granting credit as it is written.
+pub fn export_archive(socket: &Path, ns: &str, image: &str, out: &Path) -> Result<(), Status> {
+    use containerd_client::types::transfer::{Data, ImageExportStream, WindowUpdate};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = containerd_client::connect(socket).await.unwrap();
+        let (tx, mut rx) = open_stream(&ch, ns, "export-1").await;
+        let receiver = tokio::spawn(async move {
+            let mut data = Vec::new();
+            tx.send(any(&WindowUpdate { update: 1 << 20 }))
+                .await
+                .unwrap();
+            while let Ok(Some(m)) = rx.message().await {
+                let d = Data::decode(m.value.as_slice()).unwrap();
+                let _ = tx
+                    .send(any(&WindowUpdate {
+                        update: d.data.len() as i32,
+                    }))
+                    .await;
+                data.extend(d.data);
+            }
+            data
+        });
+        let req = TransferRequest {
+            source: Some(any(&ImageStore {
+                name: image.into(),
+                ..Default::default()
+            })),
+            destination: Some(any(&ImageExportStream {
+                stream: "export-1".into(),
+                media_type: "application/x-tar".into(),
+                ..Default::default()
+            })),
+            options: None,
+        };
+        let r = TransferClient::new(ch)
+            .transfer(containerd_client::with_namespace!(req, ns))
+            .await
+            .map(|_| ());
+        let data = receiver.await.unwrap();
+        if r.is_ok() {
+            std::fs::write(out, data).unwrap();
+        }
+        r
+    })
+}

@@ -4,6 +4,7 @@
 //! HTTP Range resume and bounded retries, and pulls whole images: download and unpack
 //! overlap, each layer applied as soon as it and its parent are ready.
 
+pub mod archive;
 pub mod auth;
 pub mod client;
 pub mod error;

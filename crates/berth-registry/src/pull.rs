@@ -149,6 +149,10 @@ impl Puller {
         &self.client
     }
 
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
     pub async fn pull(&self, req: &PullRequest, progress: &dyn ProgressSink) -> Result<Pulled> {
         let ns = req.namespace.clone();
         let meta = self.stores.meta.clone();
@@ -698,18 +702,55 @@ impl Puller {
         parent: Option<&Digest>,
         chain: &Digest,
     ) -> Result<()> {
-        let stores = self.stores.clone();
+        let layer = Layer {
+            digest: d.clone(),
+            media_type: mt.to_owned(),
+            diff_id: diff_id.clone(),
+        };
+        unpack_layer(
+            &self.stores,
+            &ctx.req.namespace,
+            &ctx.lease,
+            sn,
+            &layer,
+            parent,
+            chain,
+        )
+        .await
+    }
+}
+
+/// One layer to apply: its blob, media type and the uncompressed digest the config names.
+pub struct Layer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub diff_id: Digest,
+}
+
+/// Applies one layer onto a new snapshot named by its chain ID over `parent`, unless that
+/// snapshot exists already; the uncompressed digest must match the config's diff ID.
+pub async fn unpack_layer(
+    stores: &Stores,
+    ns: &Namespace,
+    lease: &str,
+    sn: &str,
+    layer: &Layer,
+    parent: Option<&Digest>,
+    chain: &Digest,
+) -> Result<()> {
+    {
+        let stores = stores.clone();
         let (ns, sn, d, mt, diff_id) = (
-            ctx.req.namespace.clone(),
+            ns.clone(),
             sn.to_owned(),
-            d.clone(),
-            mt.to_owned(),
-            diff_id.clone(),
+            layer.digest.clone(),
+            layer.media_type.clone(),
+            layer.diff_id.clone(),
         );
         let (parent, chain, lease) = (
             parent.map(ToString::to_string),
             chain.to_string(),
-            ctx.lease.clone(),
+            lease.to_owned(),
         );
         blocking(move || {
             if stores.snapshots.stat(&ns, &sn, &chain).is_ok() {

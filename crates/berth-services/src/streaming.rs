@@ -131,3 +131,86 @@ impl streaming_server::Streaming for StreamingService {
         Ok(Response::new(Box::pin(out)))
     }
 }
+
+/// How much the receiving side lets the sender have in flight on a data stream.
+const WINDOW: i32 = 1 << 20;
+
+fn stream_status(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// Receives a data stream (Data messages, credit granted with WindowUpdate) into `path`,
+/// until the client closes its side. Returns the bytes received.
+pub async fn receive_to_file(mut h: StreamHandle, path: &std::path::Path) -> Result<u64, Status> {
+    use crate::types::transfer::{Data, WindowUpdate};
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| stream_status(&format!("create {}", path.display()), e))?;
+    let mut window = 0i32;
+    let mut total = 0u64;
+    loop {
+        if window < WINDOW {
+            let _ = h
+                .to_client
+                .send(any_of(&WindowUpdate { update: WINDOW }))
+                .await;
+            window += WINDOW;
+        }
+        let Some(m) = h.from_client.recv().await else {
+            break;
+        };
+        let data = Data::decode(m.value.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("data stream: {e}")))?;
+        file.write_all(&data.data)
+            .await
+            .map_err(|e| stream_status(&format!("write {}", path.display()), e))?;
+        window -= data.data.len() as i32;
+        total += data.data.len() as u64;
+    }
+    file.flush()
+        .await
+        .map_err(|e| stream_status(&format!("write {}", path.display()), e))?;
+    Ok(total)
+}
+
+/// Sends `path` on a data stream as the client grants credit, then closes the stream.
+pub async fn send_file(mut h: StreamHandle, path: &std::path::Path) -> Result<u64, Status> {
+    use crate::types::transfer::{Data, WindowUpdate};
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| stream_status(&format!("open {}", path.display()), e))?;
+    let mut credit = 0i64;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        while credit <= 0 {
+            let m = h.from_client.recv().await.ok_or_else(|| {
+                Status::cancelled("the client closed the export stream before the end")
+            })?;
+            let u = WindowUpdate::decode(m.value.as_slice())
+                .map_err(|e| Status::invalid_argument(format!("window update: {e}")))?;
+            credit += i64::from(u.update);
+        }
+        let want = buf.len().min(credit as usize);
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| stream_status(&format!("read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.to_client
+            .send(any_of(&Data {
+                data: buf[..n].to_vec(),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("the client closed the export stream"))?;
+        credit -= n as i64;
+        total += n as u64;
+    }
+    // Dropping the handle ends the stream: the client reads end of data.
+    drop(h);
+    Ok(total)
+}

@@ -23,7 +23,8 @@ use crate::server::transfer_server;
 use crate::status::{labels_in, namespace, registry_status};
 use crate::streaming::{any_of, StreamRegistry};
 use crate::types::transfer::{
-    AuthRequest, AuthResponse, ImageStore, OciRegistry, RegistryResolver,
+    AuthRequest, AuthResponse, ImageExportStream, ImageImportStream, ImageStore, OciRegistry,
+    RegistryResolver,
 };
 use crate::types::Descriptor;
 
@@ -242,6 +243,103 @@ impl TransferService {
     }
 }
 
+impl TransferService {
+    fn stream(&self, ns: &Namespace, id: &str) -> Result<crate::streaming::StreamHandle, Status> {
+        self.streams.take(ns.as_str(), id).ok_or_else(|| {
+            Status::invalid_argument(format!("stream {id:?} is not open in namespace {ns:?}"))
+        })
+    }
+
+    /// A scratch file under --state for an archive on its way in or out.
+    fn scratch_file(&self, what: &str) -> std::path::PathBuf {
+        self.puller
+            .stores()
+            .scratch
+            .join(format!("{what}-{}.tar", uuid::Uuid::new_v4().simple()))
+    }
+
+    async fn import(
+        &self,
+        ns: Namespace,
+        src: ImageImportStream,
+        dst: ImageStore,
+    ) -> Result<(), Status> {
+        let h = self.stream(&ns, &src.stream)?;
+        let _ = std::fs::create_dir_all(&self.puller.stores().scratch);
+        let path = self.scratch_file("import");
+        let result = async {
+            crate::streaming::receive_to_file(h, &path).await?;
+            let unpack = match dst.unpacks.first() {
+                Some(u) => Some((
+                    if u.snapshotter.is_empty() {
+                        "overlayfs".to_owned()
+                    } else {
+                        u.snapshotter.clone()
+                    },
+                    match &u.platform {
+                        Some(p) => platform_in(p)?,
+                        None => Platform::default(),
+                    },
+                )),
+                None => None,
+            };
+            let opts = berth_registry::archive::ImportOptions {
+                name: dst.name.clone(),
+                labels: labels_in(dst.labels.clone()),
+                unpack,
+            };
+            berth_registry::archive::import(self.puller.stores(), &ns, &path, &opts)
+                .await
+                .map_err(registry_status)
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        let images = result.inspect_err(|_| self.gc.schedule())?;
+        for img in images {
+            tracing::info!(image = %img.name, digest = %img.target.digest, "imported");
+            self.events.publish(
+                &ns,
+                "/images/create",
+                &ImageCreate {
+                    name: img.name.clone(),
+                    labels: img.labels.into_iter().collect(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn export(
+        &self,
+        ns: Namespace,
+        src: ImageStore,
+        dst: ImageExportStream,
+    ) -> Result<(), Status> {
+        if src.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "export needs the name of an image in the store",
+            ));
+        }
+        let h = self.stream(&ns, &dst.stream)?;
+        let _ = std::fs::create_dir_all(&self.puller.stores().scratch);
+        let path = self.scratch_file("export");
+        let result = async {
+            berth_registry::archive::export(
+                self.puller.stores(),
+                &ns,
+                std::slice::from_ref(&src.name),
+                &path,
+            )
+            .await
+            .map_err(registry_status)?;
+            crate::streaming::send_file(h, &path).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result.map(|n| tracing::info!(image = %src.name, bytes = n, "exported"))
+    }
+}
+
 #[tonic::async_trait]
 impl transfer_server::Transfer for TransferService {
     async fn transfer(&self, req: Request<TransferRequest>) -> Result<Response<()>, Status> {
@@ -272,6 +370,14 @@ impl transfer_server::Transfer for TransferService {
         if is::<OciRegistry>(&src) && is::<ImageStore>(&dst) {
             self.pull(ns, decode(&src)?, decode(&dst)?, progress)
                 .await?;
+            return Ok(Response::new(()));
+        }
+        if is::<ImageImportStream>(&src) && is::<ImageStore>(&dst) {
+            self.import(ns, decode(&src)?, decode(&dst)?).await?;
+            return Ok(Response::new(()));
+        }
+        if is::<ImageStore>(&src) && is::<ImageExportStream>(&dst) {
+            self.export(ns, decode(&src)?, decode(&dst)?).await?;
             return Ok(Response::new(()));
         }
         if is::<ImageStore>(&src) && is::<OciRegistry>(&dst) {
