@@ -680,6 +680,18 @@ fn root_export_and_import_oci_archives_through_transfer() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sha256(&out.stdout), img.manifest_digest);
+    // ... and as a Docker archive, through the compatibility manifest.json.
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&img.diff_ids[1]));
 
     // Into another daemon: imported, unpacked, runnable.
     let e2 = Berthd::start();
@@ -706,6 +718,32 @@ fn root_export_and_import_oci_archives_through_transfer() {
             "cat",
             "/data/hello",
         ],
+    );
+    assert_eq!(out, "pulled by berthd\n");
+
+    // A Docker archive (manifest.json, configs and layer tars by path), as skopeo writes it.
+    let docker = dir.path().join("docker.tar");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:latest", img.dir.path().display()))
+        .arg(format!(
+            "docker-archive:{}:berth/dockerized:v1",
+            docker.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    import_archive(&e2.socket, "docker", &docker, "")
+        .unwrap_or_else(|e| panic!("docker import: {e:?}\n{}", e2.log()));
+    let name = "docker.io/berth/dockerized:v1";
+    assert!(e2.ctr_ok("docker", &["images", "ls", "-q"]).contains(name));
+    let out = e2.ctr_ok(
+        "docker",
+        &["run", "--rm", name, "xfer-import-2", "cat", "/data/hello"],
     );
     assert_eq!(out, "pulled by berthd\n");
 

@@ -174,7 +174,47 @@ async fn import_leased(
     Ok(images)
 }
 
-/// Reads the archive: blobs go into the content store (verified), index.json is returned.
+/// Stores one archive entry in the content store: verified against `expected` when its name
+/// says its digest, else hashed as it is written. Returns its digest and size.
+fn store_entry(
+    stores: &Stores,
+    ns: &Namespace,
+    lease: &str,
+    entry: &mut dyn std::io::Read,
+    size: i64,
+    expected: Option<&Digest>,
+    what: &str,
+) -> Result<Digest> {
+    let r = format!(
+        "import-{}",
+        expected.map_or_else(
+            || uuid::Uuid::new_v4().simple().to_string(),
+            ToString::to_string
+        )
+    );
+    match stores.content.writer(ns, &r, size, expected, Some(lease)) {
+        Ok(mut w) => {
+            std::io::copy(entry, &mut w)
+                .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+            stores
+                .content
+                .commit(w, size, expected, &Labels::new(), Some(lease))
+                .map_err(|e| match e {
+                    berth_core::Error::FailedPrecondition(m) => {
+                        Error::Mismatch(format!("{what}: {m}"))
+                    }
+                    e => e.into(),
+                })
+        }
+        Err(e) if e.is_already_exists() => Ok(expected
+            .cloned()
+            .expect("only an expected digest can already exist")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the archive: blobs go into the content store (verified). Returns the OCI index of
+/// what it holds: its own index.json, or one made from a Docker archive's manifest.json.
 fn store_blobs(
     stores: &Stores,
     ns: &Namespace,
@@ -187,62 +227,131 @@ fn store_blobs(
     let reader = berth_core::apply::decompress(file)?;
     let mut tar = tar::Archive::new(reader);
     let mut index = None;
+    let mut docker_manifest = None;
     let mut layout = false;
+    // Files of a Docker archive, by path: (digest, size).
+    let mut files: BTreeMap<String, (Digest, i64)> = BTreeMap::new();
     let entries = tar
         .entries()
         .map_err(|e| Error::InvalidArgument(format!("archive {what} is not a tar: {e}")))?;
     for entry in entries {
         let mut entry =
             entry.map_err(|e| Error::InvalidArgument(format!("archive {what}: {e}")))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
         let name = entry
             .path()
             .map_err(|e| Error::InvalidArgument(format!("archive {what}: {e}")))?
             .to_string_lossy()
             .trim_start_matches("./")
             .to_owned();
-        if name == "index.json" {
-            index = Some(
-                serde_json::from_reader::<_, serde_json::Value>(&mut entry).map_err(|e| {
-                    Error::InvalidArgument(format!("archive {what}: index.json: {e}"))
-                })?,
-            );
+        let size = entry.header().size().unwrap_or(0) as i64;
+        let here = format!("archive {what}: {name}");
+        if name == "index.json" || name == "manifest.json" {
+            let v = serde_json::from_reader::<_, serde_json::Value>(&mut entry)
+                .map_err(|e| Error::InvalidArgument(format!("{here}: {e}")))?;
+            if name == "index.json" {
+                index = Some(v)
+            } else {
+                docker_manifest = Some(v)
+            }
         } else if name == "oci-layout" {
             layout = true;
         } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
             let d = Digest::parse(&format!("sha256:{hex}"))
-                .map_err(|e| Error::InvalidArgument(format!("archive {what}: {name}: {e}")))?;
-            let size = entry.header().size().unwrap_or(0) as i64;
-            let r = format!("import-{d}");
-            match stores.content.writer(ns, &r, size, Some(&d), Some(lease)) {
-                Ok(mut w) => {
-                    std::io::copy(&mut entry, &mut w).map_err(|e| {
-                        Error::InvalidArgument(format!("archive {what}: {name}: {e}"))
-                    })?;
-                    w.flush().ok();
-                    stores
-                        .content
-                        .commit(w, size, Some(&d), &Labels::new(), Some(lease))
-                        .map_err(|e| match e {
-                            berth_core::Error::FailedPrecondition(m) => {
-                                Error::Mismatch(format!("archive {what}: blob {d}: {m}"))
-                            }
-                            e => e.into(),
-                        })?;
-                }
-                Err(e) if e.is_already_exists() => {}
-                Err(e) => return Err(e.into()),
-            }
+                .map_err(|e| Error::InvalidArgument(format!("{here}: {e}")))?;
+            let d = store_entry(
+                stores,
+                ns,
+                lease,
+                &mut entry,
+                size,
+                Some(&d),
+                &format!("archive {what}: blob {d}"),
+            )?;
+            files.insert(name, (d, size));
+        } else if name.ends_with(".tar") || name.ends_with(".json") {
+            // A Docker archive's config or layer, named by path: hashed as it is stored.
+            let d = store_entry(stores, ns, lease, &mut entry, size, None, &here)?;
+            files.insert(name, (d, size));
         }
     }
-    if !layout {
-        return Err(Error::InvalidArgument(format!(
-            "archive {what} has no oci-layout: not an OCI image layout (Docker archives from before Docker 25 are not supported yet)"
-        )));
+    if let (true, Some(index)) = (layout, index) {
+        return Ok(index);
     }
-    index.ok_or_else(|| Error::InvalidArgument(format!("archive {what} has no index.json")))
+    let Some(manifest) = docker_manifest else {
+        return Err(Error::InvalidArgument(format!(
+            "archive {what} has neither an oci-layout with index.json nor a Docker manifest.json"
+        )));
+    };
+    docker_index(stores, ns, lease, &what, &manifest, &files)
+}
+
+/// Makes image manifests for the images of a Docker archive (`manifest.json`: Config,
+/// RepoTags, Layers by path) and returns an index of them, one entry per tag.
+fn docker_index(
+    stores: &Stores,
+    ns: &Namespace,
+    lease: &str,
+    what: &str,
+    manifest: &serde_json::Value,
+    files: &BTreeMap<String, (Digest, i64)>,
+) -> Result<serde_json::Value> {
+    let file = |p: &str| {
+        files.get(p).cloned().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "archive {what}: manifest.json names {p:?}, which the archive lacks"
+            ))
+        })
+    };
+    let mut entries = Vec::new();
+    for img in manifest.as_array().into_iter().flatten() {
+        let (cd, cs) = file(img["Config"].as_str().unwrap_or_default())?;
+        let mut layers = Vec::new();
+        for l in img["Layers"].as_array().into_iter().flatten() {
+            let (ld, ls) = file(l.as_str().unwrap_or_default())?;
+            layers.push(serde_json::json!({
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar", "digest": ld.to_string(), "size": ls,
+            }));
+        }
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cd.to_string(), "size": cs},
+            "layers": layers,
+        }))
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let md = Digest::of(&m);
+        store_entry(
+            stores,
+            ns,
+            lease,
+            &mut &m[..],
+            m.len() as i64,
+            Some(&md),
+            &format!("archive {what}: manifest"),
+        )?;
+        for tag in img["RepoTags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+        {
+            let name = Reference::parse(tag)?.to_string();
+            entries.push(serde_json::json!({
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": md.to_string(), "size": m.len(), "annotations": {NAME: name},
+            }));
+        }
+        if img["RepoTags"].as_array().is_none_or(|t| t.is_empty()) {
+            entries.push(serde_json::json!({
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": md.to_string(), "size": m.len(),
+            }));
+        }
+    }
+    Ok(serde_json::json!({"schemaVersion": 2, "manifests": entries}))
 }
 
 /// Unpacks the manifest for `platform` of an imported image.
@@ -319,24 +428,83 @@ async fn unpack(
 }
 
 /// Writes the named images, with every blob they reference that the store holds, as an OCI
-/// layout tar at `out`.
-pub async fn export(stores: &Stores, ns: &Namespace, names: &[String], out: &Path) -> Result<()> {
+/// layout tar at `out`; with `docker_manifest`, also the `manifest.json` that `docker load`
+/// reads (one entry per image, for its first manifest in the store).
+pub async fn export(
+    stores: &Stores,
+    ns: &Namespace,
+    names: &[String],
+    out: &Path,
+    docker_manifest: bool,
+) -> Result<()> {
     let (s, n, names, out): (Stores, Namespace, Vec<String>, PathBuf) = (
         stores.clone(),
         ns.clone(),
         names.to_vec(),
         out.to_path_buf(),
     );
-    blocking(move || export_blocking(&s, &n, &names, &out)).await
+    blocking(move || export_blocking(&s, &n, &names, &out, docker_manifest)).await
 }
 
-fn export_blocking(stores: &Stores, ns: &Namespace, names: &[String], out: &Path) -> Result<()> {
+/// A `manifest.json` entry for an image: its config and layers by path in the archive.
+fn docker_entry(
+    stores: &Stores,
+    ns: &Namespace,
+    root: &Digest,
+    media_type: &str,
+    name: &str,
+) -> Result<Option<serde_json::Value>> {
+    let blob_path = |d: &Digest| format!("blobs/sha256/{}", &d.to_string()[7..]);
+    let mut manifest = root.clone();
+    if is_index(media_type) {
+        let index = read_json(stores, ns, root)?;
+        let Some(m) = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| digest_of(m).is_ok_and(|d| stores.content.info(ns, &d).is_ok()))
+        else {
+            return Ok(None);
+        };
+        manifest = digest_of(m)?;
+    }
+    let m = read_json(stores, ns, &manifest)?;
+    let layers: Vec<String> = m["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| digest_of(l).map(|d| blob_path(&d)))
+        .collect::<Result<_>>()?;
+    Ok(Some(serde_json::json!({
+        "Config": blob_path(&digest_of(&m["config"])?),
+        "RepoTags": [name],
+        "Layers": layers,
+    })))
+}
+
+fn export_blocking(
+    stores: &Stores,
+    ns: &Namespace,
+    names: &[String],
+    out: &Path,
+    docker_manifest: bool,
+) -> Result<()> {
     let mut blobs: BTreeSet<Digest> = BTreeSet::new();
     let mut manifests = Vec::new();
+    let mut docker = Vec::new();
     for name in names {
         let img = stores.images.get(ns, name)?;
         let root = Digest::parse(&img.target.digest)?;
         collect(stores, ns, &root, &img.target.media_type, true, &mut blobs)?;
+        if docker_manifest {
+            docker.extend(docker_entry(
+                stores,
+                ns,
+                &root,
+                &img.target.media_type,
+                name,
+            )?);
+        }
         let mut ann = serde_json::Map::new();
         ann.insert(NAME.into(), name.clone().into());
         if let Some(tag) = Reference::parse(name).ok().and_then(|r| r.tag) {
@@ -373,6 +541,10 @@ fn export_blocking(stores: &Stores, ns: &Namespace, names: &[String], out: &Path
     }))
     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     put("index.json", &mut &index[..], index.len() as u64)?;
+    if docker_manifest {
+        let m = serde_json::to_vec(&docker).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        put("manifest.json", &mut &m[..], m.len() as u64)?;
+    }
     tar.into_inner().map_err(io)?.flush().map_err(io)?;
     Ok(())
 }

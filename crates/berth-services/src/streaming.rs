@@ -110,7 +110,7 @@ impl streaming_server::Streaming for StreamingService {
             loop {
                 match incoming.next().await {
                     Some(Ok(m)) => {
-                        tracing::debug!(stream = %id, type_url = %m.type_url, "message from the client");
+                        tracing::trace!(stream = %id, type_url = %m.type_url, "message from the client");
                         if in_tx.send(m).await.is_err() {
                             tracing::debug!(stream = %id, "nobody reads this stream");
                             break;

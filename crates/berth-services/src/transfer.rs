@@ -329,6 +329,7 @@ impl TransferService {
                 &ns,
                 std::slice::from_ref(&src.name),
                 &path,
+                !dst.skip_compatibility_manifest,
             )
             .await
             .map_err(registry_status)?;
