@@ -27,6 +27,12 @@ fn pull_amd64(d: &Berthd, ns: &str, reference: &str) -> Vec<Progress> {
     pull_ok(d, ns, amd64_pull(reference))
 }
 
+/// Runs the data image's `cat /data/hello` with ctr and checks what it prints.
+fn runs_data_image(d: &Berthd, ns: &str, reference: &str, id: &str) {
+    let out = d.ctr_ok(ns, &["run", "--rm", reference, id, "cat", "/data/hello"]);
+    assert_eq!(out, "pulled by berthd\n");
+}
+
 fn data_image() -> OciImage {
     OciImage::build(&[
         busybox_layer(),
@@ -64,18 +70,7 @@ fn root_transfer_pulls_unpacks_and_the_image_runs() {
     assert!(ls.contains(&reference), "{ls}");
     let check = d.ctr_ok("default", &["images", "check"]);
     assert!(check.contains("complete (3/3)"), "{check}");
-    let out = d.ctr_ok(
-        "default",
-        &[
-            "run",
-            "--rm",
-            &reference,
-            "xfer-run-1",
-            "cat",
-            "/data/hello",
-        ],
-    );
-    assert_eq!(out, "pulled by berthd\n");
+    runs_data_image(&d, "default", &reference, "xfer-run-1");
 
     // A second pull of the same image fetches nothing and still succeeds.
     let again = pull_amd64(&d, "default", &reference);
@@ -94,18 +89,7 @@ fn root_transfer_pulls_unpacks_and_the_image_runs() {
     );
     let ls = d.ctr_ok("bydigest", &["images", "ls", "-q"]);
     assert!(ls.contains(&img.manifest_digest), "{ls}");
-    let out = d.ctr_ok(
-        "bydigest",
-        &[
-            "run",
-            "--rm",
-            &by_digest,
-            "xfer-run-2",
-            "cat",
-            "/data/hello",
-        ],
-    );
-    assert_eq!(out, "pulled by berthd\n");
+    runs_data_image(&d, "bydigest", &by_digest, "xfer-run-2");
 
     // Removing the image and collecting leaves no blob behind.
     for (ns, r) in [
@@ -205,18 +189,7 @@ fn root_transfer_with_basic_auth() {
             creds: Some(("berth", "s3cret")),
         },
     );
-    let out = d.ctr_ok(
-        "default",
-        &[
-            "run",
-            "--rm",
-            &reference,
-            "xfer-auth-1",
-            "cat",
-            "/data/hello",
-        ],
-    );
-    assert_eq!(out, "pulled by berthd\n");
+    runs_data_image(&d, "default", &reference, "xfer-auth-1");
 }
 
 #[test]
@@ -546,18 +519,7 @@ fn root_hosts_toml_mirrors_come_first_and_the_server_backs_them() {
             },
         );
         res.unwrap_or_else(|e| panic!("{r}: {e:?}\n{}", d.log()));
-        let out = d.ctr_ok(
-            "default",
-            &[
-                "run",
-                "--rm",
-                r,
-                &format!("xfer-mirror-{i}"),
-                "cat",
-                "/data/hello",
-            ],
-        );
-        assert_eq!(out, "pulled by berthd\n");
+        runs_data_image(&d, "default", r, &format!("xfer-mirror-{i}"));
     }
 }
 
@@ -642,18 +604,7 @@ fn root_transfer_with_bearer_tokens_from_the_challenge() {
     // The token is reused for the next pull: no new token request.
     pull("second", Some(("berth", "t0ken-pass"))).unwrap();
     assert_eq!(front.gets("/token?"), 2, "{:#?}", front.requests());
-    let out = d.ctr_ok(
-        "second",
-        &[
-            "run",
-            "--rm",
-            &reference,
-            "xfer-bearer-1",
-            "cat",
-            "/data/hello",
-        ],
-    );
-    assert_eq!(out, "pulled by berthd\n");
+    runs_data_image(&d, "second", &reference, "xfer-bearer-1");
 }
 
 #[test]
@@ -708,18 +659,7 @@ fn root_export_and_import_oci_archives_through_transfer() {
         2,
         "{snaps}"
     );
-    let out = e2.ctr_ok(
-        "imported",
-        &[
-            "run",
-            "--rm",
-            &reference,
-            "xfer-import-1",
-            "cat",
-            "/data/hello",
-        ],
-    );
-    assert_eq!(out, "pulled by berthd\n");
+    runs_data_image(&e2, "imported", &reference, "xfer-import-1");
 
     // A Docker archive (manifest.json, configs and layer tars by path), as skopeo writes it.
     let docker = dir.path().join("docker.tar");
@@ -741,11 +681,7 @@ fn root_export_and_import_oci_archives_through_transfer() {
         .unwrap_or_else(|e| panic!("docker import: {e:?}\n{}", e2.log()));
     let name = "docker.io/berth/dockerized:v1";
     assert!(e2.ctr_ok("docker", &["images", "ls", "-q"]).contains(name));
-    let out = e2.ctr_ok(
-        "docker",
-        &["run", "--rm", name, "xfer-import-2", "cat", "/data/hello"],
-    );
-    assert_eq!(out, "pulled by berthd\n");
+    runs_data_image(&e2, "docker", name, "xfer-import-2");
 
     // A blob whose bytes do not match its name is refused, naming it; no image appears.
     let mut bytes = std::fs::read(&archive).unwrap();
