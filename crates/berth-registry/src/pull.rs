@@ -100,7 +100,7 @@ pub struct Puller {
     client: Arc<RegistryClient>,
     stores: Stores,
     /// One download per digest at a time, whoever asks: the second waiter finds it stored.
-    inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: InflightMap,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -114,6 +114,42 @@ async fn blocking<T: Send + 'static>(
 fn desc_of(d: &oci_spec::image::Descriptor) -> Result<(Digest, i64, String)> {
     let digest = Digest::parse(d.digest().as_ref())?;
     Ok((digest, d.size() as i64, d.media_type().to_string()))
+}
+
+type InflightMap = Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A place in the per-digest download gates; the last one out removes the gate, so the
+/// map holds only downloads in progress.
+struct Inflight<'a> {
+    map: &'a InflightMap,
+    digest: Digest,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Inflight<'a> {
+    fn enter(map: &'a InflightMap, d: &Digest) -> Self {
+        let gate = map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(d.clone())
+            .or_default()
+            .clone();
+        Inflight {
+            map,
+            digest: d.clone(),
+            gate,
+        }
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else waits on this digest.
+        if Arc::strong_count(&self.gate) == 2 {
+            m.remove(&self.digest);
+        }
+    }
 }
 
 /// containerd's chain IDs: the first diff ID, then sha256 of "<parent chain> <diff id>".
@@ -506,11 +542,8 @@ impl Puller {
     /// Downloads one blob into the content store, verified; returns 1 if it was fetched, 0
     /// if the store already had it.
     async fn fetch_blob(&self, ctx: &Ctx<'_>, d: &Digest, size: i64, mt: &str) -> Result<usize> {
-        let gate = {
-            let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            m.entry(d.clone()).or_default().clone()
-        };
-        let _held = gate.lock().await;
+        let entry = Inflight::enter(&self.inflight, d);
+        let _held = entry.gate.clone().lock_owned().await;
         let name = format!(
             "{}-{d}",
             if mt.contains("config") {
@@ -804,6 +837,23 @@ pub async fn unpack_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_gates_are_removed_by_the_last_one_out() {
+        let map = InflightMap::default();
+        let d = Digest::of(b"blob");
+        let first = Inflight::enter(&map, &d);
+        let second = Inflight::enter(&map, &d);
+        assert!(Arc::ptr_eq(&first.gate, &second.gate));
+        drop(first);
+        assert_eq!(
+            map.lock().unwrap().len(),
+            1,
+            "a waiter still holds the gate"
+        );
+        drop(second);
+        assert!(map.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn chain_ids_follow_containerd() {

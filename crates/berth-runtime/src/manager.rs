@@ -95,10 +95,6 @@ impl Task {
         }
     }
 
-    pub fn shim_pid(&self) -> u32 {
-        self.shim_pid
-    }
-
     pub async fn state(&self, exec_id: &str) -> Result<ProcessState> {
         if let Some(exit) = self.dead_exit() {
             if !exec_id.is_empty() {
