@@ -2,9 +2,9 @@
 # Debian packages berth builds and tests with: protoc (containerd-client's build), the
 # real peers (ctr/containerd, runc, crun, docker-registry), busybox for test images,
 # umoci and skopeo for building and comparing images, htpasswd (apache2-utils) for an
-# authenticating test registry, CNI plugins.
+# authenticating test registry, openssl for a test CA, procps (pgrep), CNI plugins.
 set -euo pipefail
-pkgs=(protobuf-compiler bc apache2-utils containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins)
+pkgs=(protobuf-compiler bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
