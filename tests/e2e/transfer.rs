@@ -55,11 +55,13 @@ fn root_transfer_pulls_unpacks_and_the_image_runs() {
         .map(|e| format!("{} {}", e.event, e.name))
         .collect();
     for want in [
-        "resolving",
-        "resolved",
+        "Resolving from OCI Registry (",
+        "fetching image content",
+        "waiting manifest-",
         "complete layer-",
-        "unpacking layer-",
+        "extracted layer-",
         "saved",
+        "Completed pull from OCI Registry (",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(want)),

@@ -25,10 +25,13 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ApplyOptions {
     /// Write whiteouts as overlayfs does instead of deleting (for an overlay upper dir).
     pub overlay_whiteouts: bool,
+    /// The overlay's lower directories, topmost first: a directory the layer needs but does
+    /// not carry is made with the attributes the lowers give it (a copy-up).
+    pub lowers: Vec<PathBuf>,
 }
 
 /// What was applied: digest and size of the uncompressed tar stream (the layer's diff id).
@@ -111,14 +114,20 @@ fn open_dir(root: &OwnedFd, rel: &[OsString]) -> io::Result<OwnedFd> {
     .map_err(io::Error::from)
 }
 
-/// Opens the parent directory, creating missing directories on the way (mode 0755). A
-/// dangling symlink on the way is followed as the kernel would inside the root: its
-/// target is created below the root, never outside it.
-fn open_parent(root: &OwnedFd, parent: &[OsString]) -> io::Result<OwnedFd> {
-    open_parent_depth(root, parent, 0)
+/// Opens the parent directory, creating missing directories on the way. A dangling
+/// symlink on the way is followed as the kernel would inside the root: its target is
+/// created below the root, never outside it. A created directory takes mode, owner, times
+/// and xattrs from the lower layers when they have it (else 0755, owned by root).
+fn open_parent(root: &OwnedFd, parent: &[OsString], up: &mut CopyUp<'_>) -> io::Result<OwnedFd> {
+    open_parent_depth(root, parent, 0, up)
 }
 
-fn open_parent_depth(root: &OwnedFd, parent: &[OsString], depth: u32) -> io::Result<OwnedFd> {
+fn open_parent_depth(
+    root: &OwnedFd,
+    parent: &[OsString],
+    depth: u32,
+    up: &mut CopyUp<'_>,
+) -> io::Result<OwnedFd> {
     match open_dir(root, parent) {
         Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
         other => return other,
@@ -130,12 +139,12 @@ fn open_parent_depth(root: &OwnedFd, parent: &[OsString], depth: u32) -> io::Res
         match open_dir(root, &parent[..i]) {
             Ok(_) => continue,
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
-                let up = open_dir(root, &parent[..i - 1])?;
+                let up_dir = open_dir(root, &parent[..i - 1])?;
                 let name = parent[i - 1].as_os_str();
-                match rustix::fs::mkdirat(&up, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) => {}
+                match rustix::fs::mkdirat(&up_dir, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => up.copy(&up_dir, &parent[..i])?,
                     Err(Errno::EXIST) => {
-                        let target = rustix::fs::readlinkat(&up, name, Vec::new())?;
+                        let target = rustix::fs::readlinkat(&up_dir, name, Vec::new())?;
                         let mut resolved: Vec<OsString> = if target.as_bytes().starts_with(b"/") {
                             Vec::new()
                         } else {
@@ -151,7 +160,7 @@ fn open_parent_depth(root: &OwnedFd, parent: &[OsString], depth: u32) -> io::Res
                             }
                         }
                         resolved.extend_from_slice(&parent[i..]);
-                        return open_parent_depth(root, &resolved, depth + 1);
+                        return open_parent_depth(root, &resolved, depth + 1, up);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -160,6 +169,163 @@ fn open_parent_depth(root: &OwnedFd, parent: &[OsString], depth: u32) -> io::Res
         }
     }
     open_dir(root, parent)
+}
+
+/// The lower layers of an overlay, for copying up the directories a layer adds to.
+struct CopyUp<'a> {
+    lowers: &'a [OwnedFd],
+    /// Times to restore once the layer is written (creating children changes them).
+    times: &'a mut Vec<DirTimes>,
+}
+
+enum Lower {
+    Dir(rustix::fs::Stat, OwnedFd),
+    /// Deleted or replaced by a non-directory in this lower, or hidden by an opaque parent.
+    Hidden,
+    Absent,
+}
+
+fn is_whiteout(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+fn look_in_lower(lower: &OwnedFd, rel: &[OsString]) -> Lower {
+    let Some((name, parent)) = rel.split_last() else {
+        return Lower::Absent;
+    };
+    if let Ok(pdir) = open_dir(lower, parent) {
+        match rustix::fs::statat(&pdir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                return match rustix::fs::openat(
+                    &pdir,
+                    name.as_os_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => Lower::Dir(st, fd),
+                    Err(_) => Lower::Hidden,
+                };
+            }
+            Ok(_) => return Lower::Hidden,
+            Err(_) => {}
+        }
+    }
+    // Not here: a whiteout or opaque directory on the way hides the lowers below this one.
+    for k in 1..=rel.len() {
+        let Some((n, p)) = rel[..k].split_last() else {
+            continue;
+        };
+        let Ok(pdir) = open_dir(lower, p) else {
+            return Lower::Absent;
+        };
+        match rustix::fs::statat(&pdir, n.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if is_whiteout(&st) => return Lower::Hidden,
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let mut v = [0u8; 1];
+                if k < rel.len()
+                    && open_dir(lower, &rel[..k]).is_ok_and(|fd| {
+                        rustix::fs::fgetxattr(&fd, "trusted.overlay.opaque", &mut v).is_ok()
+                            && v[0] == b'y'
+                    })
+                {
+                    return Lower::Hidden;
+                }
+            }
+            Ok(_) => return Lower::Hidden,
+            Err(_) => return Lower::Absent,
+        }
+    }
+    Lower::Absent
+}
+
+impl CopyUp<'_> {
+    /// Gives the directory just made at `rel` (in `parent`) the attributes of the topmost
+    /// lower directory at that path.
+    fn copy(&mut self, parent: &OwnedFd, rel: &[OsString]) -> io::Result<()> {
+        let Some(name) = rel.last() else {
+            return Ok(());
+        };
+        for lower in self.lowers {
+            match look_in_lower(lower, rel) {
+                Lower::Absent => continue,
+                Lower::Hidden => return Ok(()),
+                Lower::Dir(st, from) => {
+                    let fd = rustix::fs::openat(
+                        parent,
+                        name.as_os_str(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    rustix::fs::fchown(
+                        &fd,
+                        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                    )?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+                    copy_xattrs(&from, &fd, &join(rel))?;
+                    self.times.push(DirTimes {
+                        path: rel.to_vec(),
+                        times: Timestamps {
+                            last_access: Timespec {
+                                tv_sec: st.st_atime,
+                                tv_nsec: st.st_atime_nsec as _,
+                            },
+                            last_modification: Timespec {
+                                tv_sec: st.st_mtime,
+                                tv_nsec: st.st_mtime_nsec as _,
+                            },
+                        },
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn copy_xattrs(from: &OwnedFd, to: &OwnedFd, shown: &Path) -> io::Result<()> {
+    let mut names = vec![0u8; 4096];
+    let n = match rustix::fs::flistxattr(from, &mut names) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(Errno::RANGE) => {
+            let want = rustix::fs::flistxattr(from, &mut [0u8; 0])?;
+            names.resize(want, 0);
+            rustix::fs::flistxattr(from, &mut names)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for key in names[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            continue;
+        };
+        if key.starts_with(OVERLAY_XATTR_PREFIX) {
+            continue;
+        }
+        let len = rustix::fs::fgetxattr(from, key, &mut [0u8; 0])?;
+        let mut v = vec![0u8; len];
+        let len = rustix::fs::fgetxattr(from, key, &mut v)?;
+        set_xattr(to, key, &v[..len], shown)?;
+    }
+    Ok(())
+}
+
+/// Sets an xattr with containerd's tolerance: a filesystem without xattrs, or a refused
+/// `security.*` attribute, is skipped with a warning instead of failing the layer.
+fn set_xattr(fd: &OwnedFd, key: &str, value: &[u8], shown: &Path) -> io::Result<()> {
+    match rustix::fs::fsetxattr(fd, key, value, XattrFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOTSUP) => {
+            tracing::warn!(path = %shown.display(), key, "xattr not supported here; skipped");
+            Ok(())
+        }
+        Err(Errno::PERM | Errno::ACCESS) if key.starts_with("security.") => {
+            tracing::warn!(path = %shown.display(), key, "xattr refused; skipped");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes `name` in `dir` and, for a directory, everything below it, never following links.
@@ -217,25 +383,39 @@ fn timestamps(mtime: u64) -> Timestamps {
 }
 
 /// Applies the (possibly compressed) layer in `layer` onto the directory `root`.
-pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: ApplyOptions) -> Result<Applied> {
+pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) -> Result<Applied> {
     let rootfd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| Error::io("open", root)(e.into()))?;
+    let lowers = opts
+        .lowers
+        .iter()
+        .map(|l| {
+            rustix::fs::open(
+                l,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io("open lower", l)(e.into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut hashing = Hashing {
         inner: decompress(layer)?,
         hasher: Hasher::new(),
         count: 0,
     };
-    let mut dir_times = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashing);
         let mut applier = Applier {
             root: &rootfd,
-            opts,
+            overlay_whiteouts: opts.overlay_whiteouts,
+            lowers: &lowers,
             created: HashSet::new(),
+            times: Vec::new(),
+            buf: vec![0; 256 << 10],
         };
         let entries = archive
             .entries()
@@ -243,12 +423,15 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: ApplyOptions) -> 
         for entry in entries {
             let mut entry = entry
                 .map_err(|e| Error::InvalidArgument(format!("corrupt layer tar stream: {e}")))?;
-            if let Some(t) = applier.entry(&mut entry)? {
-                dir_times.push(t);
-            }
+            applier.entry(&mut entry)?;
         }
-        // Directory times last: creating their children changed them.
-        for d in dir_times.iter().rev() {
+        // Directory times last: creating their children changed them. The last word on a
+        // directory (its own entry after a copy-up) wins.
+        let mut done = HashSet::new();
+        for d in applier.times.iter().rev() {
+            if !done.insert(&d.path) {
+                continue;
+            }
             if let Ok(fd) = open_dir(&rootfd, &d.path) {
                 let _ = rustix::fs::futimens(&fd, &d.times);
             }
@@ -265,9 +448,37 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: ApplyOptions) -> 
 
 struct Applier<'a> {
     root: &'a OwnedFd,
-    opts: ApplyOptions,
+    overlay_whiteouts: bool,
+    lowers: &'a [OwnedFd],
     /// Paths this layer created, which an opaque marker must not remove.
     created: HashSet<PathBuf>,
+    times: Vec<DirTimes>,
+    /// File contents pass through here: large enough that a big file takes few syscalls.
+    buf: Vec<u8>,
+}
+
+fn copy_file(from: &mut impl Read, to: &mut File, buf: &mut [u8]) -> io::Result<u64> {
+    use std::io::Write;
+    let mut n = 0u64;
+    loop {
+        let got = match from.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..got])?;
+        n += got as u64;
+    }
+}
+
+impl Applier<'_> {
+    fn copy_up(&mut self) -> CopyUp<'_> {
+        CopyUp {
+            lowers: self.lowers,
+            times: &mut self.times,
+        }
+    }
 }
 
 struct Pax {
@@ -308,12 +519,12 @@ fn pax_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Pax {
 }
 
 impl Applier<'_> {
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<Option<DirTimes>> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let path = clean_path(&raw)?;
         let Some((name, parent)) = path.split_last() else {
-            return Ok(None); // the root itself keeps the snapshot's own attributes
+            return Ok(()); // the root itself keeps the snapshot's own attributes
         };
         let io_err = |op: &'static str| {
             let shown = shown.clone();
@@ -325,21 +536,17 @@ impl Applier<'_> {
         };
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE.as_bytes() {
-            return self
-                .opaque(parent)
-                .map(|_| None)
-                .map_err(io_err("apply opaque marker"));
+            return self.opaque(parent).map_err(io_err("apply opaque marker"));
         }
         if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-                return Ok(None); // other aufs metadata (.wh..wh.plnk etc.) carries nothing
+                return Ok(()); // other aufs metadata (.wh..wh.plnk etc.) carries nothing
             }
             if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
                 return Err(bad(&shown, "whiteout names no file in its directory"));
             }
             return self
                 .whiteout(parent, OsStr::from_bytes(target), entry)
-                .map(|_| None)
                 .map_err(io_err("apply whiteout"));
         }
 
@@ -353,14 +560,15 @@ impl Applier<'_> {
             .map_err(|e| bad(&shown, &format!("bad mode: {e}")))?
             & 0o7777;
         let mtime = pax.mtime.or_else(|| header.mtime().ok()).unwrap_or(0);
-        let dir = open_parent(self.root, parent).map_err(io_err("open parent of"))?;
+        let root = self.root;
+        let dir =
+            open_parent(root, parent, &mut self.copy_up()).map_err(io_err("open parent of"))?;
         let existing = rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).ok();
         let existing_is_dir =
             existing.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
         if existing.is_some() && !(kind.is_dir() && existing_is_dir) {
             remove_all_at(&dir, name).map_err(io_err("replace"))?;
         }
-        let mut dir_times = None;
         match kind {
             tar::EntryType::Directory => {
                 if !existing_is_dir {
@@ -374,9 +582,9 @@ impl Applier<'_> {
                     Mode::empty(),
                 )
                 .map_err(|e| io_err("open")(e.into()))?;
-                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs)
+                finish_fd(&fd, uid, gid, mode, &pax.xattrs, Path::new(&shown))
                     .map_err(io_err("set attributes of"))?;
-                dir_times = Some(DirTimes {
+                self.times.push(DirTimes {
                     path: path.clone(),
                     times: timestamps(mtime),
                 });
@@ -394,9 +602,9 @@ impl Applier<'_> {
                 )
                 .map_err(|e| io_err("create")(e.into()))?;
                 let mut f = File::from(fd);
-                io::copy(entry, &mut f).map_err(io_err("write"))?;
+                copy_file(entry, &mut f, &mut self.buf).map_err(io_err("write"))?;
                 let fd = OwnedFd::from(f);
-                self.finish_fd(&fd, uid, gid, mode, &pax.xattrs)
+                finish_fd(&fd, uid, gid, mode, &pax.xattrs, Path::new(&shown))
                     .map_err(io_err("set attributes of"))?;
                 rustix::fs::futimens(&fd, &timestamps(mtime))
                     .map_err(|e| io_err("set times of")(e.into()))?;
@@ -474,32 +682,13 @@ impl Applier<'_> {
             }
         }
         self.created.insert(join(&path));
-        Ok(dir_times)
-    }
-
-    fn finish_fd(
-        &self,
-        fd: &OwnedFd,
-        uid: u64,
-        gid: u64,
-        mode: u32,
-        xattrs: &[(String, Vec<u8>)],
-    ) -> io::Result<()> {
-        // Owner before mode: chown clears set-id bits.
-        rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
-        for (k, v) in xattrs {
-            if k.starts_with(OVERLAY_XATTR_PREFIX) {
-                continue; // a layer must not forge overlayfs whiteouts or redirects
-            }
-            rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())?;
-        }
         Ok(())
     }
 
     fn opaque(&mut self, parent: &[OsString]) -> io::Result<()> {
-        let dir = open_parent(self.root, parent)?;
-        if self.opts.overlay_whiteouts {
+        let root = self.root;
+        let dir = open_parent(root, parent, &mut self.copy_up())?;
+        if self.overlay_whiteouts {
             rustix::fs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())?;
         } else {
             clear_dir(&dir, &self.created, &join(parent))?;
@@ -518,17 +707,18 @@ impl Applier<'_> {
             // Nothing below a missing directory to hide, unless overlay lower layers have it.
             Err(e)
                 if e.raw_os_error() == Some(Errno::NOENT.raw_os_error())
-                    && !self.opts.overlay_whiteouts =>
+                    && !self.overlay_whiteouts =>
             {
                 return Ok(())
             }
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
-                open_parent(self.root, parent)?
+                let root = self.root;
+                open_parent(root, parent, &mut self.copy_up())?
             }
             Err(e) => return Err(e),
         };
         remove_all_at(&dir, target)?;
-        if self.opts.overlay_whiteouts {
+        if self.overlay_whiteouts {
             rustix::fs::mknodat(
                 &dir,
                 target,
@@ -548,6 +738,26 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+fn finish_fd(
+    fd: &OwnedFd,
+    uid: u64,
+    gid: u64,
+    mode: u32,
+    xattrs: &[(String, Vec<u8>)],
+    shown: &Path,
+) -> io::Result<()> {
+    // Owner before mode: chown clears set-id bits.
+    rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    for (k, v) in xattrs {
+        if k.starts_with(OVERLAY_XATTR_PREFIX) {
+            continue; // a layer must not forge overlayfs whiteouts or redirects
+        }
+        set_xattr(fd, k, v, shown)?;
+    }
+    Ok(())
 }
 
 /// Owner of an entry made by name, never following it if it is a symlink.
@@ -639,7 +849,7 @@ mod tests {
     }
 
     fn apply(root: &Path, layer: Vec<u8>) -> Result<Applied> {
-        apply_layer(root, io::Cursor::new(layer), ApplyOptions::default())
+        apply_layer(root, io::Cursor::new(layer), &ApplyOptions::default())
     }
 
     fn outside_untouched(outside: &Path) {

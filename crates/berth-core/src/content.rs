@@ -253,6 +253,12 @@ impl Writer {
         self.offset
     }
 
+    /// The file the ingest's bytes are written to. After the commit the same inode is the
+    /// blob, so a reader that opened it while it grew reads on undisturbed.
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// Digest of the bytes written so far.
     pub fn digest_so_far(&self) -> Digest {
         self.hasher.clone().finish()
@@ -426,6 +432,12 @@ impl ContentStore {
             tx.put(Bucket::Content, &k, &rec)?;
             Ok(to_info(d.clone(), rec))
         })
+    }
+
+    /// Sets these labels, keeping the others.
+    pub fn add_labels(&self, ns: &Namespace, d: &Digest, add: Labels) -> Result<ContentInfo> {
+        let fields: Vec<String> = add.keys().map(|k| format!("labels.{k}")).collect();
+        self.update(ns, d, &add, &fields)
     }
 
     pub fn list(&self, ns: &Namespace, filter: &Filter) -> Result<Vec<ContentInfo>> {

@@ -11,24 +11,10 @@ use crate::error::{Error, Result};
 use crate::mount::{Mount, TempMount};
 use crate::namespace::Namespace;
 
-pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-
-/// Layer media types the applier takes (compression is read from the bytes).
-pub fn supported_layer(media_type: &str) -> bool {
-    let base = media_type.split(';').next().unwrap_or("").trim();
-    matches!(
-        base,
-        "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-            | "application/vnd.docker.image.rootfs.diff.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-    )
-}
+pub use crate::images::media::{
+    is_layer as supported_layer, OCI_LAYER as MEDIA_TYPE_LAYER,
+    OCI_LAYER_GZIP as MEDIA_TYPE_LAYER_GZIP, OCI_LAYER_ZSTD as MEDIA_TYPE_LAYER_ZSTD,
+};
 
 enum Target {
     Dir(PathBuf, ApplyOptions),
@@ -42,6 +28,12 @@ fn target_of(mounts: &[Mount]) -> Result<Target> {
                 upper.into(),
                 ApplyOptions {
                     overlay_whiteouts: true,
+                    // Directories a layer adds files to are copied up with the attributes
+                    // the lower layers give them, as overlayfs itself would.
+                    lowers: m
+                        .option("lowerdir")
+                        .map(|l| l.split(':').map(PathBuf::from).collect())
+                        .unwrap_or_default(),
                 },
             )),
             None => Err(Error::InvalidArgument(
@@ -62,6 +54,17 @@ fn target_of(mounts: &[Mount]) -> Result<Target> {
     }
 }
 
+/// Flushes the filesystem holding `dir`, so that a layer recorded as committed is on disk.
+fn sync_fs(dir: &Path) -> Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", dir)(e.into()))?;
+    rustix::fs::syncfs(&fd).map_err(|e| Error::io("syncfs", dir)(e.into()))
+}
+
 /// Applies the layer blob `digest` (visible in `ns`) onto `mounts`; `scratch` is where a
 /// temporary mount point may be made.
 pub fn apply(
@@ -79,11 +82,30 @@ pub fn apply(
     }
     let (file, _) = content.open(ns, digest)?;
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    apply_stream(reader, digest, media_type, mounts, scratch)
+}
+
+/// Applies a layer stream (named `digest` in errors) onto `mounts` and flushes it to disk.
+pub fn apply_stream(
+    stream: impl std::io::Read + Send,
+    digest: &Digest,
+    media_type: &str,
+    mounts: &[Mount],
+    scratch: &Path,
+) -> Result<Applied> {
+    if !supported_layer(media_type) {
+        return Err(Error::Unsupported(format!(
+            "unsupported diff media type {media_type:?} for layer {digest}"
+        )));
+    }
     let applied = match target_of(mounts)? {
-        Target::Dir(dir, opts) => apply_layer(&dir, reader, opts),
+        Target::Dir(dir, opts) => {
+            apply_layer(&dir, stream, &opts).and_then(|a| sync_fs(&dir).map(|()| a))
+        }
         Target::Mounted(ms) => {
             let m = TempMount::new(scratch, &ms)?;
-            apply_layer(m.path(), reader, ApplyOptions::default())
+            apply_layer(m.path(), stream, &ApplyOptions::default())
+                .and_then(|a| sync_fs(m.path()).map(|()| a))
         }
     };
     applied.map_err(|e| match e {
@@ -91,9 +113,6 @@ pub fn apply(
         other => other,
     })
 }
-
-pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// What `create` made: the layer blob and the digest of its uncompressed tar.
 pub struct Created {

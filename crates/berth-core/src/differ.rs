@@ -316,7 +316,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(cp.success());
-        apply_layer(&copy, &tar[..], ApplyOptions::default()).unwrap();
+        apply_layer(&copy, &tar[..], &ApplyOptions::default()).unwrap();
         assert!(!copy.join("olddir").exists() && !copy.join("etc/sub/gone").exists());
         assert_eq!(fs::read_to_string(copy.join("new-link")).unwrap(), "new");
         assert_eq!(

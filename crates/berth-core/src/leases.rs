@@ -149,6 +149,64 @@ impl Leases<'_> {
     }
 }
 
+/// Marks a lease berthd took for its own work (a pull, import or export it runs): such
+/// leases die with the daemon and are released when it starts again.
+pub const DAEMON_LEASE: &str = "berth.io/daemon-lease";
+
+/// A lease berthd holds while it works; deleted when dropped. Its content becomes garbage
+/// unless something else (an image record) roots it by then.
+pub struct DaemonLease {
+    meta: std::sync::Arc<MetaStore>,
+    ns: Namespace,
+    id: String,
+}
+
+impl DaemonLease {
+    /// Takes a lease that also expires after `ttl_secs`, in case nobody releases it.
+    pub fn take(meta: std::sync::Arc<MetaStore>, ns: &Namespace, ttl_secs: i64) -> Result<Self> {
+        let mut l = Labels::new();
+        l.insert(
+            labels::GC_EXPIRE.into(),
+            crate::gc::format_rfc3339(Timestamp::now().0 / 1_000_000_000 + ttl_secs),
+        );
+        l.insert(DAEMON_LEASE.into(), "true".into());
+        let id = Leases { meta: &meta }.create(ns, "", l)?.id;
+        Ok(DaemonLease {
+            meta,
+            ns: ns.clone(),
+            id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for DaemonLease {
+    fn drop(&mut self) {
+        if let Err(e) = (Leases { meta: &self.meta }).delete(&self.ns, &self.id) {
+            tracing::warn!(lease = %self.id, "release lease: {e}");
+        }
+    }
+}
+
+/// Deletes the leases a previous berthd took for its own work, in every namespace: what
+/// they held is garbage now. Returns how many were released.
+pub fn release_daemon_leases(meta: &MetaStore) -> Result<usize> {
+    meta.update(|tx| {
+        let all: Vec<(String, LeaseRecord)> = tx.scan(Bucket::Leases, "")?;
+        let mut n = 0;
+        for (k, rec) in all {
+            if rec.labels.contains_key(DAEMON_LEASE) {
+                tx.delete(Bucket::Leases, &k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+}
+
 fn generate_id() -> String {
     let u = uuid::Uuid::new_v4();
     format!("{}-{}", Timestamp::now().0, &u.simple().to_string()[..8])

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_core::Digest;
@@ -67,6 +67,8 @@ pub struct Target<'a> {
     pub actions: &'static str,
     /// A hosts.toml directory the client named for this request.
     pub hosts_dir: Option<&'a Path>,
+    /// The hosts to try, read from hosts.toml by `prepare` (None: the registry itself).
+    pub hosts: Option<Arc<Vec<Host>>>,
 }
 
 pub struct RegistryClient {
@@ -145,23 +147,53 @@ impl RegistryClient {
             .await
     }
 
-    /// The hosts to try for a target: from hosts.toml when there is one for the registry,
-    /// else the registry itself.
-    fn hosts(&self, t: &Target<'_>) -> Result<Vec<Host>> {
-        let dir = t.hosts_dir.or(self.cfg.hosts_dir.as_deref());
-        if let Some(dir) = dir {
-            if let Some(h) = hosts::load(dir, &t.reference.registry, t.reference.api_host())? {
-                return Ok(h);
+    /// Reads the target's hosts.toml (when the registry has one) and builds the HTTP
+    /// clients its TLS settings need, on a blocking thread: files are read once per
+    /// pull or push, never on the reactor.
+    pub async fn prepare(self: &Arc<Self>, t: &mut Target<'_>) -> Result<()> {
+        let Some(dir) = t.hosts_dir.or(self.cfg.hosts_dir.as_deref()) else {
+            return Ok(());
+        };
+        let (me, dir) = (self.clone(), dir.to_path_buf());
+        let (registry, api_host) = (
+            t.reference.registry.clone(),
+            t.reference.api_host().to_owned(),
+        );
+        let hosts = tokio::task::spawn_blocking(move || -> Result<Option<Vec<Host>>> {
+            let hosts = hosts::load(&dir, &registry, &api_host)?;
+            for h in hosts.iter().flatten() {
+                me.build_http(&h.tls)?;
             }
-        }
-        Ok(vec![Host::default_for(
-            t.reference.api_host(),
-            self.scheme(t),
-        )])
+            Ok(hosts)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("worker failed: {e}")))??;
+        t.hosts = hosts.map(Arc::new);
+        Ok(())
     }
 
-    /// The HTTP client for a host's TLS settings (built once per distinct setting).
+    /// The hosts to try for a target: from hosts.toml when there is one for the registry,
+    /// else the registry itself.
+    fn hosts(&self, t: &Target<'_>) -> Vec<Host> {
+        match &t.hosts {
+            Some(h) => h.to_vec(),
+            None => vec![Host::default_for(t.reference.api_host(), self.scheme(t))],
+        }
+    }
+
+    /// The HTTP client for a host's TLS settings, as `prepare` built it.
     fn http_for(&self, tls: &Tls) -> Result<reqwest::Client> {
+        if *tls == Tls::default() {
+            return Ok(self.http.clone());
+        }
+        lock(&self.tls_clients).get(tls).cloned().ok_or_else(|| {
+            Error::InvalidArgument(format!("no HTTP client prepared for TLS settings {tls:?}"))
+        })
+    }
+
+    /// Builds (once per distinct setting) the HTTP client for a host's TLS settings,
+    /// reading its CA and certificate files. Blocking.
+    fn build_http(&self, tls: &Tls) -> Result<reqwest::Client> {
         if *tls == Tls::default() {
             return Ok(self.http.clone());
         }
@@ -239,7 +271,7 @@ impl RegistryClient {
                 _ => Capability::Pull,
             }
         };
-        let hosts: Vec<Host> = self.hosts(t)?.into_iter().filter(|h| h.can(need)).collect();
+        let hosts: Vec<Host> = self.hosts(t).into_iter().filter(|h| h.can(need)).collect();
         if hosts.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "registry {}: no configured host may be used to {need:?}",
@@ -490,7 +522,8 @@ impl RegistryClient {
         if offset > 0 {
             h.insert(
                 RANGE,
-                HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii header"),
+                HeaderValue::try_from(format!("bytes={offset}-"))
+                    .map_err(|e| Error::InvalidArgument(format!("range from {offset}: {e}")))?,
             );
         }
         let resp = self

@@ -1,91 +1,62 @@
-//! Pulling an image into the stores: resolve the reference, choose the platform's manifest,
-//! fetch the config and layers (concurrently, bounded; each verified while it streams,
-//! resumed with Range after an interruption, fetched once however many pulls want it), and
-//! apply each layer to its snapshot as soon as it and its parent are ready. Everything is
-//! held by a lease until the image record roots it, so a failed pull leaves only garbage.
+//! Pulling an image into the stores: resolve the reference, choose the platforms'
+//! manifests, fetch configs and layers (concurrently, bounded; each verified while it
+//! streams, resumed with Range after an interruption, fetched once however many pulls want
+//! it), and unpack each layer while it is still arriving: the applier reads the layer's
+//! ingest file as it grows, so inflating and writing files overlap the download. A layer's
+//! snapshot is committed only once its blob is verified and its uncompressed digest matches
+//! the config. Everything is held by a lease of berthd's until the image record roots it,
+//! so a failed, cancelled or killed pull leaves only garbage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use berth_core::content::ContentStore;
-use berth_core::images::{Descriptor, Image, Images};
-use berth_core::metadata::{Labels, MetaStore, Timestamp};
-use berth_core::snapshot::{Kind, NewSnapshot, Snapshots};
+use berth_core::content::Writer;
+use berth_core::images::media::{self, Kind};
+use berth_core::images::progress::{ref_key, Progress, ProgressSink};
+use berth_core::images::resolve::{self, BlobRef, LayerRef, ParsedIndex, ResolvedImage};
+use berth_core::images::unpack::{self, ImageStores, LayerUnpack};
+use berth_core::images::{Image, Platform, Reference};
+use berth_core::leases::DaemonLease;
+use berth_core::metadata::{Labels, Timestamp};
 use berth_core::{Digest, Namespace};
 use futures::StreamExt;
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::auth::Credentials;
 use crate::client::{error_chain, RegistryClient, Target};
 use crate::error::{Error, Result};
-use crate::platform::Platform;
-use crate::reference::Reference;
 
-const INDEX_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-const MANIFEST_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-const CONFIG_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-];
 /// Attempts per blob: interrupted downloads resume from what the store holds.
 const BLOB_ATTEMPTS: u32 = 6;
-
-/// The stores a pull writes into.
-#[derive(Clone)]
-pub struct Stores {
-    pub meta: Arc<MetaStore>,
-    pub content: Arc<ContentStore>,
-    pub images: Arc<Images>,
-    pub snapshots: Arc<Snapshots>,
-    /// Where temporary mount points may be made while applying layers.
-    pub scratch: PathBuf,
-}
+/// How long a pull's lease outlives a berthd that died without releasing it (it is
+/// released at the next start anyway).
+const LEASE_TTL_SECS: i64 = 24 * 3600;
+/// Chunks in flight between the network and a blob's writer thread.
+const WRITE_QUEUE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct PullRequest {
     pub namespace: Namespace,
     pub reference: Reference,
+    /// The reference as the client wrote it, for progress messages.
+    pub source: String,
     /// The image record's name; the normalised reference when empty.
     pub name: String,
     pub labels: Labels,
     pub credentials: Option<Credentials>,
     pub plain_http: bool,
     /// A hosts.toml directory for this request (else the daemon's).
-    pub hosts_dir: Option<std::path::PathBuf>,
-    /// Platforms whose content is fetched; the first is unpacked. Empty: this machine's.
+    pub hosts_dir: Option<PathBuf>,
+    /// Platforms whose content is fetched; the first is unpacked. Empty: every platform,
+    /// or this machine's when unpacking.
     pub platforms: Vec<Platform>,
-    pub all_platforms: bool,
+    /// Also fetch the manifests and configs (not the layers) of the other platforms.
+    pub all_metadata: bool,
     /// Snapshotter to unpack into; None fetches only.
     pub unpack: Option<String>,
     pub max_concurrent_downloads: usize,
-}
-
-/// One progress event, as the Transfer API streams them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Progress {
-    pub event: &'static str,
-    pub name: String,
-    pub progress: i64,
-    pub total: i64,
-    pub media_type: String,
-    pub digest: String,
-}
-
-pub trait ProgressSink: Send + Sync {
-    fn progress(&self, p: Progress);
-}
-
-/// A sink that drops everything.
-pub struct NoProgress;
-impl ProgressSink for NoProgress {
-    fn progress(&self, _: Progress) {}
 }
 
 /// What a pull produced.
@@ -98,7 +69,7 @@ pub struct Pulled {
 
 pub struct Puller {
     client: Arc<RegistryClient>,
-    stores: Stores,
+    stores: ImageStores,
     /// One download per digest at a time, whoever asks: the second waiter finds it stored.
     inflight: InflightMap,
 }
@@ -111,12 +82,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Unavailable(format!("worker failed: {e}")))??)
 }
 
-fn desc_of(d: &oci_spec::image::Descriptor) -> Result<(Digest, i64, String)> {
-    let digest = Digest::parse(d.digest().as_ref())?;
-    Ok((digest, d.size() as i64, d.media_type().to_string()))
-}
-
 type InflightMap = Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A place in the per-digest download gates; the last one out removes the gate, so the
 /// map holds only downloads in progress.
@@ -128,12 +98,7 @@ struct Inflight<'a> {
 
 impl<'a> Inflight<'a> {
     fn enter(map: &'a InflightMap, d: &Digest) -> Self {
-        let gate = map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(d.clone())
-            .or_default()
-            .clone();
+        let gate = lock(map).entry(d.clone()).or_default().clone();
         Inflight {
             map,
             digest: d.clone(),
@@ -144,7 +109,7 @@ impl<'a> Inflight<'a> {
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = lock(self.map);
         // The map's reference and ours: nobody else waits on this digest.
         if Arc::strong_count(&self.gate) == 2 {
             m.remove(&self.digest);
@@ -152,28 +117,183 @@ impl Drop for Inflight<'_> {
     }
 }
 
-/// containerd's chain IDs: the first diff ID, then sha256 of "<parent chain> <diff id>".
-pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
-    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(parent) => Digest::of(format!("{parent} {d}").as_bytes()),
-        };
-        out.push(next);
+/// The pull's lease, released off the reactor however the pull ends.
+struct PullLease(Option<DaemonLease>);
+
+impl Drop for PullLease {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(move || drop(l))),
+                Err(_) => drop(l),
+            }
+        }
     }
-    out
 }
 
+/// A blob on its way into the content store, as an unpack reading along sees it.
+#[derive(Default)]
+struct Landing {
+    state: Mutex<LandingState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LandingState {
+    /// The ingest file being written, and how far.
+    file: Option<PathBuf>,
+    written: u64,
+    /// Bumped each time the download starts over into a new file.
+    generation: u32,
+    /// Some(true): committed and verified; Some(false): the download failed or was dropped.
+    done: Option<bool>,
+}
+
+/// How long a reader waits between checks of a stalled landing.
+const LANDING_POLL: Duration = Duration::from_millis(200);
+
+impl Landing {
+    fn update(&self, f: impl FnOnce(&mut LandingState)) {
+        f(&mut lock(&self.state));
+        self.changed.notify_all();
+    }
+
+    fn started(&self, file: PathBuf, offset: u64) {
+        self.update(|s| {
+            s.generation += 1;
+            s.file = Some(file);
+            s.written = offset;
+        });
+    }
+
+    fn wrote(&self, total: u64) {
+        self.update(|s| s.written = total);
+    }
+
+    fn finish(&self, ok: bool) {
+        self.update(|s| {
+            if s.done.is_none() {
+                s.done = Some(ok);
+            }
+        });
+    }
+
+    /// Blocks until the blob is committed (true) or its download failed (false).
+    fn wait_done(&self) -> bool {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(ok) = s.done {
+                return ok;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, LANDING_POLL)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// A reader of the blob as it arrives; None once it is committed (read it from the
+    /// store) or failed.
+    fn follow(self: &Arc<Self>, size: u64) -> Option<Follower> {
+        let mut s = lock(&self.state);
+        loop {
+            if s.done.is_some() {
+                return None;
+            }
+            if let Some(path) = &s.file {
+                let file = std::fs::File::open(path).ok()?;
+                return Some(Follower {
+                    landing: self.clone(),
+                    file,
+                    pos: 0,
+                    size,
+                    generation: s.generation,
+                });
+            }
+            s = self
+                .changed
+                .wait_timeout(s, LANDING_POLL)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+/// Marks a landing failed unless the download got to mark it committed.
+struct LandingGuard<'a>(&'a Arc<Landing>);
+
+impl Drop for LandingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finish(false);
+    }
+}
+
+/// Reads an ingest file while it is written: at its end it waits for more bytes until the
+/// blob's size is reached. A download that starts over or fails ends the read with an
+/// error, and the unpack falls back to the committed blob.
+struct Follower {
+    landing: Arc<Landing>,
+    file: std::fs::File,
+    pos: u64,
+    size: u64,
+    generation: u32,
+}
+
+impl Read for Follower {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.pos >= self.size {
+                return Ok(0);
+            }
+            let want = buf.len().min((self.size - self.pos) as usize);
+            let n = self.file.read(&mut buf[..want])?;
+            if n > 0 {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            let mut s = lock(&self.landing.state);
+            loop {
+                if s.generation != self.generation {
+                    return Err(std::io::Error::other("the download started over"));
+                }
+                if s.written > self.pos || s.done == Some(true) {
+                    break;
+                }
+                if s.done == Some(false) {
+                    return Err(std::io::Error::other("the download failed"));
+                }
+                s = self
+                    .landing
+                    .changed
+                    .wait_timeout(s, LANDING_POLL)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
+    }
+}
+
+/// Everything one pull works with.
 struct Ctx<'a> {
     req: &'a PullRequest,
     target: Target<'a>,
     lease: String,
-    progress: &'a dyn ProgressSink,
+    progress: Arc<dyn ProgressSink>,
+    landings: HashMap<Digest, Arc<Landing>>,
+}
+
+/// A manifest chosen for the pull, with the names of its parents in the progress tree.
+struct Chosen {
+    blob: BlobRef,
+    bytes: Vec<u8>,
+    parents: Vec<String>,
+    /// Only its config is wanted (another platform's metadata).
+    metadata_only: bool,
 }
 
 impl Puller {
-    pub fn new(client: Arc<RegistryClient>, stores: Stores) -> Self {
+    pub fn new(client: Arc<RegistryClient>, stores: ImageStores) -> Self {
         Puller {
             client,
             stores,
@@ -185,384 +305,403 @@ impl Puller {
         &self.client
     }
 
-    pub fn stores(&self) -> &Stores {
+    pub fn stores(&self) -> &ImageStores {
         &self.stores
     }
 
-    pub async fn pull(&self, req: &PullRequest, progress: &dyn ProgressSink) -> Result<Pulled> {
-        let ns = req.namespace.clone();
-        let meta = self.stores.meta.clone();
-        let expire = berth_core::gc::format_rfc3339(Timestamp::now().0 / 1_000_000_000 + 3600);
-        let lease = blocking(move || {
-            let mut l = Labels::new();
-            l.insert(berth_core::labels::GC_EXPIRE.into(), expire);
-            berth_core::leases::Leases { meta: &meta }.create(&ns, "", l)
-        })
-        .await?
-        .id;
-        let ctx = Ctx {
-            req,
-            target: Target {
-                reference: &req.reference,
-                credentials: req.credentials.as_ref(),
-                plain_http: req.plain_http,
-                actions: "pull",
-                hosts_dir: req.hosts_dir.as_deref(),
-            },
-            lease: lease.clone(),
-            progress,
-        };
-        let r = self.pull_leased(&ctx).await;
+    pub async fn pull(&self, req: &PullRequest, progress: Arc<dyn ProgressSink>) -> Result<Pulled> {
+        let source = format!("OCI Registry ({})", req.source);
+        progress.progress(Progress::status(format!("Resolving from {source}")));
         let (meta, ns) = (self.stores.meta.clone(), req.namespace.clone());
-        if let Err(e) =
-            blocking(move || berth_core::leases::Leases { meta: &meta }.delete(&ns, &lease)).await
-        {
-            tracing::warn!("delete pull lease: {e}");
+        let lease = PullLease(Some(
+            blocking(move || DaemonLease::take(meta, &ns, LEASE_TTL_SECS)).await?,
+        ));
+        let mut target = Target {
+            reference: &req.reference,
+            credentials: req.credentials.as_ref(),
+            plain_http: req.plain_http,
+            actions: "pull",
+            hosts_dir: req.hosts_dir.as_deref(),
+            hosts: None,
+        };
+        self.client.prepare(&mut target).await?;
+        let mut ctx = Ctx {
+            req,
+            target,
+            lease: lease
+                .0
+                .as_ref()
+                .map(|l| l.id().to_owned())
+                .unwrap_or_default(),
+            progress: progress.clone(),
+            landings: HashMap::new(),
+        };
+        let pulled = self.pull_leased(&mut ctx, &source).await;
+        // However the pull ended, nothing may wait on a download any more.
+        for l in ctx.landings.values() {
+            l.finish(false);
         }
-        r
+        let pulled = pulled?;
+        progress.progress(Progress::status(format!("Completed pull from {source}")));
+        drop(lease);
+        Ok(pulled)
     }
 
-    async fn pull_leased(&self, ctx: &Ctx<'_>) -> Result<Pulled> {
-        let reference = &ctx.req.reference;
+    fn unpack_platforms(req: &PullRequest) -> Vec<Platform> {
+        if req.platforms.is_empty() && req.unpack.is_some() {
+            vec![Platform::default()]
+        } else {
+            req.platforms.clone()
+        }
+    }
+
+    async fn pull_leased(&self, ctx: &mut Ctx<'_>, source: &str) -> Result<Pulled> {
+        let req = ctx.req;
+        let reference = &req.reference;
         let name = reference.to_string();
-        ctx.progress.progress(Progress {
-            event: "resolving",
-            name: name.clone(),
-            progress: 0,
-            total: 0,
-            media_type: String::new(),
-            digest: String::new(),
-        });
         let (root_type, root_digest, root_bytes) = self
             .client
             .manifest(&ctx.target, &reference.object())
             .await?;
-        ctx.progress.progress(Progress {
-            event: "resolved",
-            name: name.clone(),
-            progress: 0,
-            total: root_bytes.len() as i64,
-            media_type: root_type.clone(),
-            digest: root_digest.to_string(),
-        });
-        let root = Descriptor {
-            media_type: root_type.clone(),
-            digest: root_digest.to_string(),
+        let root = BlobRef {
+            digest: root_digest.clone(),
             size: root_bytes.len() as i64,
-            annotations: BTreeMap::new(),
+            media_type: root_type.clone(),
         };
-        let platforms = if ctx.req.platforms.is_empty() {
-            vec![Platform::default()]
-        } else {
-            ctx.req.platforms.clone()
-        };
+        ctx.progress
+            .progress(Progress::status(format!("Pulling from {source}")));
+        ctx.progress.progress(Progress {
+            event: "fetching image content".into(),
+            name: name.clone(),
+            parents: Vec::new(),
+            progress: 0,
+            total: 0,
+            desc: Some(root.clone()),
+        });
+        let top = vec![name.clone()];
+        let platforms = Self::unpack_platforms(req);
         let mut fetched = 0;
-        // (manifest digest, bytes) of the manifests to fetch, the unpack one first.
-        let mut manifests: Vec<(Digest, Vec<u8>)> = Vec::new();
-        let mut index_labels = Labels::new();
-        if INDEX_TYPES.contains(&root_type.as_str()) {
-            let index: ImageIndex = serde_json::from_slice(&root_bytes).map_err(|e| {
-                Error::InvalidArgument(format!("index {root_digest} of {name}: {e}"))
-            })?;
-            let mut chosen: Vec<(usize, &oci_spec::image::Descriptor)> = Vec::new();
-            for p in &platforms {
-                if let Some(pos) = index.manifests().iter().position(|m| {
-                    m.platform().as_ref().is_some_and(|mp| {
-                        p.matches(
-                            &mp.os().to_string(),
-                            &mp.architecture().to_string(),
-                            mp.variant().as_deref().unwrap_or(""),
-                        )
-                    })
-                }) {
-                    if !chosen.iter().any(|(i, _)| *i == pos) {
-                        chosen.push((pos, &index.manifests()[pos]));
-                    }
-                }
-            }
-            if ctx.req.all_platforms {
-                for (i, m) in index.manifests().iter().enumerate() {
-                    if !chosen.iter().any(|(c, _)| *c == i) {
-                        chosen.push((i, m));
-                    }
-                }
-            }
-            if chosen.is_empty() {
-                let want: Vec<String> = platforms.iter().map(ToString::to_string).collect();
-                return Err(Error::NotFound(format!(
-                    "manifest for platform {} in index {root_digest} of {name}",
-                    want.join(", ")
-                )));
-            }
-            for (i, m) in chosen {
-                let (d, size, mt) = desc_of(m)?;
-                if !MANIFEST_TYPES.contains(&mt.as_str()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "index {root_digest} of {name} lists {d} with media type {mt:?}, not an image manifest"
+        let mut chosen: Vec<Chosen> = Vec::new();
+        let mut stored: Vec<Digest> = Vec::new();
+        let mut index: Option<ParsedIndex> = None;
+        match media::kind(&root_type) {
+            Kind::Index => {
+                ctx.progress
+                    .progress(Progress::blob("waiting", &root, &top, 0));
+                let parsed =
+                    resolve::parse_index(&root_bytes, &format_args!("index {root_digest} of {name}"))?;
+                let wanted = parsed.select(&platforms, platforms.is_empty());
+                if wanted.is_empty() {
+                    let want: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+                    return Err(Error::NotFound(format!(
+                        "manifest for platform {} in index {root_digest} of {name}",
+                        want.join(", ")
                     )));
                 }
-                let (_, got, bytes) = self.client.manifest(&ctx.target, &d.to_string()).await?;
-                if got != d || bytes.len() as i64 != size {
-                    return Err(Error::Mismatch(format!(
-                        "manifest {d} of {name}: the registry sent {} bytes with digest {got}",
-                        bytes.len()
-                    )));
+                let mut picks: Vec<(BlobRef, bool)> =
+                    wanted.iter().map(|(_, e)| (e.blob.clone(), false)).collect();
+                if req.all_metadata {
+                    for e in &parsed.entries {
+                        if !picks.iter().any(|(b, _)| *b == e.blob) {
+                            picks.push((e.blob.clone(), true));
+                        }
+                    }
                 }
-                index_labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), d.to_string());
-                manifests.push((d, bytes));
+                let parents = vec![ref_key(&root)];
+                for (blob, metadata_only) in picks {
+                    if media::kind(&blob.media_type) != Kind::Manifest {
+                        if metadata_only {
+                            continue; // attestations and nested indexes are not platform images
+                        }
+                        return Err(Error::InvalidArgument(format!(
+                            "index {root_digest} of {name} lists {} with media type {:?}, not an image manifest",
+                            blob.digest, blob.media_type
+                        )));
+                    }
+                    ctx.progress
+                        .progress(Progress::blob("waiting", &blob, &parents, 0));
+                    let (_, got, bytes) = self
+                        .client
+                        .manifest(&ctx.target, &blob.digest.to_string())
+                        .await?;
+                    if got != blob.digest || bytes.len() as i64 != blob.size {
+                        return Err(Error::Mismatch(format!(
+                            "manifest {} of {name}: the registry sent {} bytes with digest {got}",
+                            blob.digest,
+                            bytes.len()
+                        )));
+                    }
+                    chosen.push(Chosen {
+                        blob,
+                        bytes,
+                        parents: parents.clone(),
+                        metadata_only,
+                    });
+                }
+                index = Some(parsed);
             }
-        } else if MANIFEST_TYPES.contains(&root_type.as_str()) {
-            manifests.push((root_digest.clone(), root_bytes.clone()));
-        } else {
-            return Err(Error::InvalidArgument(format!(
-                "{name} resolves to {root_digest} of media type {root_type:?}, not an image index or manifest"
-            )));
+            Kind::Manifest => {
+                ctx.progress.progress(Progress::blob("waiting", &root, &top, 0));
+                chosen.push(Chosen {
+                blob: root.clone(),
+                bytes: root_bytes.clone(),
+                parents: top.clone(),
+                metadata_only: false,
+            })
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} resolves to {root_digest} of media type {root_type:?}, not an image index or manifest"
+                )))
+            }
         }
 
-        let mut layer_jobs = Vec::new();
-        let mut unpack_plan = None;
-        let sem = Arc::new(tokio::sync::Semaphore::new(
-            ctx.req.max_concurrent_downloads.max(1),
-        ));
-        for (n, (mdigest, mbytes)) in manifests.iter().enumerate() {
-            let manifest: ImageManifest = serde_json::from_slice(mbytes).map_err(|e| {
-                Error::InvalidArgument(format!("manifest {mdigest} of {name}: {e}"))
-            })?;
-            let (cdigest, csize, ctype) = desc_of(manifest.config())?;
-            if !CONFIG_TYPES.contains(&ctype.as_str()) {
-                return Err(Error::InvalidArgument(format!(
-                    "manifest {mdigest} of {name}: config media type {ctype:?} is not an image config"
-                )));
-            }
-            let mut mlabels = Labels::new();
-            mlabels.insert(
-                "containerd.io/gc.ref.content.config".into(),
-                cdigest.to_string(),
+        // Configs first (small, and they say what the layers must unpack to), then the
+        // manifests themselves, now that what they point to is known to be sound.
+        let mut images: Vec<ResolvedImage> = Vec::new();
+        let mut layer_parents: Vec<(LayerRef, Vec<String>)> = Vec::new();
+        for c in chosen {
+            let what = format!("manifest {} of {name}", c.blob.digest);
+            let parsed = resolve::parse_manifest(&c.bytes, &what)?;
+            let mparents = vec![ref_key(&c.blob)];
+            fetched += self
+                .fetch_blob(ctx, &parsed.config, &mparents, None)
+                .await?;
+            let (content, ns, cd) = (
+                self.stores.content.clone(),
+                req.namespace.clone(),
+                parsed.config.digest.clone(),
             );
-            let mut layers = Vec::new();
-            for (i, l) in manifest.layers().iter().enumerate() {
-                let (d, size, mt) = desc_of(l)?;
-                if !berth_core::diff::supported_layer(&mt) {
-                    return Err(Error::InvalidArgument(format!(
-                        "manifest {mdigest} of {name}: layer {d} has unsupported media type {mt:?}"
-                    )));
+            let cbytes = blocking(move || resolve::read_json_blob(&content, &ns, &cd)).await?;
+            let config = resolve::parse_config(
+                &cbytes,
+                &format_args!("config {} of {name}", parsed.config.digest),
+            )?;
+            let labels = parsed.gc_labels();
+            let image = parsed.resolve(c.blob.clone(), config)?;
+            stored.push(c.blob.digest.clone());
+            fetched += self
+                .store_bytes(ctx, &c.blob, &c.bytes, &labels, &c.parents)
+                .await?;
+            if !c.metadata_only {
+                for l in &image.layers {
+                    match layer_parents.iter_mut().find(|(x, _)| x.blob == l.blob) {
+                        Some((_, p)) => p.extend(mparents.iter().cloned()),
+                        None => layer_parents.push((l.clone(), mparents.clone())),
+                    }
                 }
-                mlabels.insert(format!("containerd.io/gc.ref.content.l.{i}"), d.to_string());
-                layers.push((d, size, mt));
-            }
-            fetched += self.fetch_blob(ctx, &cdigest, csize, &ctype).await?;
-            let (file, _) = {
-                let (c, ns, d) = (
-                    self.stores.content.clone(),
-                    ctx.req.namespace.clone(),
-                    cdigest.clone(),
-                );
-                blocking(move || c.open(&ns, &d)).await?
-            };
-            let config: ImageConfiguration = serde_json::from_reader(std::io::BufReader::new(file))
-                .map_err(|e| Error::InvalidArgument(format!("config {cdigest} of {name}: {e}")))?;
-            let diff_ids: Vec<Digest> = config
-                .rootfs()
-                .diff_ids()
-                .iter()
-                .map(|d| Digest::parse(d))
-                .collect::<berth_core::Result<_>>()?;
-            if diff_ids.len() != layers.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "config {cdigest} of {name} lists {} diff ids for {} layers",
-                    diff_ids.len(),
-                    layers.len()
-                )));
-            }
-            // Store the manifest itself now that what it points to is known to be sound.
-            fetched += self.store_bytes(ctx, mdigest, mbytes, &mlabels).await?;
-            for l in &layers {
-                if !layer_jobs.contains(l) {
-                    layer_jobs.push(l.clone());
-                }
-            }
-            if n == 0 {
-                if let Some(sn) = &ctx.req.unpack {
-                    unpack_plan = Some((sn.clone(), cdigest.clone(), layers.clone(), diff_ids));
-                }
+                images.push(image);
             }
         }
-        if INDEX_TYPES.contains(&root_type.as_str()) {
+        if let Some(index) = &index {
+            let labels = index.gc_labels(|d| stored.contains(d));
             fetched += self
-                .store_bytes(ctx, &root_digest, &root_bytes, &index_labels)
+                .store_bytes(ctx, &root, &root_bytes, &labels, &top)
                 .await?;
         }
 
-        // Downloads run concurrently (bounded); unpack takes each layer in order as it lands,
-        // in the same task, so downloading goes on while a layer is being applied.
-        let (landed_tx, mut landed_rx) = tokio::sync::mpsc::unbounded_channel::<Digest>();
+        for (l, _) in &layer_parents {
+            ctx.landings
+                .insert(l.blob.digest.clone(), Arc::new(Landing::default()));
+        }
+        let unpack_image = match &req.unpack {
+            Some(sn) => images.first().map(|i| (sn.clone(), i.clone())),
+            None => None,
+        };
+        // Downloads run concurrently (bounded); the unpack follows them layer by layer.
+        let sem = Arc::new(tokio::sync::Semaphore::new(
+            req.max_concurrent_downloads.max(1),
+        ));
+        let ctx = &*ctx;
         let downloads = async {
             let mut n = 0;
-            let mut s = futures::stream::iter(layer_jobs.into_iter().map(|(d, size, mt)| {
+            let jobs: Vec<(LayerRef, Vec<String>)> = layer_parents.clone();
+            let mut s = futures::stream::iter(jobs.into_iter().map(|(l, parents)| {
                 let sem = sem.clone();
-                async move {
-                    let _permit = sem.acquire_owned().await.expect("semaphore open");
-                    let n = self.fetch_blob(ctx, &d, size, &mt).await?;
-                    Ok::<_, Error>((d, n))
-                }
+                let fut: std::pin::Pin<
+                    Box<dyn std::future::Future<Output = Result<usize>> + Send + '_>,
+                > = Box::pin(async move {
+                    let _permit = sem
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Unavailable("download slots closed".into()))?;
+                    let landing = ctx.landings.get(&l.blob.digest).cloned();
+                    self.fetch_blob(ctx, &l.blob, &parents, landing).await
+                });
+                fut
             }))
             .buffer_unordered(usize::MAX);
             while let Some(r) = s.next().await {
-                let (d, k) = r?;
-                n += k;
-                let _ = landed_tx.send(d);
+                n += r?;
             }
             Ok::<_, Error>(n)
         };
-        let unpack = async {
-            let Some((sn, cdigest, layers, diff_ids)) = &unpack_plan else {
-                return Ok(());
-            };
-            let chains = chain_ids(diff_ids);
-            let mut landed = std::collections::HashSet::new();
-            for (i, (d, _, mt)) in layers.iter().enumerate() {
-                while !landed.contains(d) {
-                    match landed_rx.recv().await {
-                        Some(got) => {
-                            landed.insert(got);
-                        }
-                        // The downloads ended with an error, which try_join reports.
-                        None => return Ok(()),
-                    }
-                }
-                ctx.progress.progress(Progress {
-                    event: "unpacking",
-                    name: format!("layer-{d}"),
-                    progress: 0,
-                    total: 0,
-                    media_type: mt.clone(),
-                    digest: d.to_string(),
-                });
-                let parent = i.checked_sub(1).map(|p| &chains[p]);
-                self.unpack_layer(ctx, sn, d, mt, &diff_ids[i], parent, &chains[i])
-                    .await?;
-                let mut ul = Labels::new();
-                ul.insert("containerd.io/uncompressed".into(), diff_ids[i].to_string());
-                self.add_labels(ctx, d, ul).await?;
+        let unpacking = async {
+            match &unpack_image {
+                Some((sn, image)) => self.unpack(ctx, sn, image, &layer_parents).await,
+                None => Ok(()),
             }
-            let mut cl = Labels::new();
-            if let Some(top) = chains.last() {
-                cl.insert(
-                    format!("containerd.io/gc.ref.snapshot.{sn}"),
-                    top.to_string(),
-                );
-            }
-            self.add_labels(ctx, cdigest, cl).await
         };
-        let (n, ()) = tokio::try_join!(downloads, unpack)?;
+        let (n, ()) = tokio::try_join!(downloads, unpacking)?;
         fetched += n;
 
-        let image = Image {
-            name: if ctx.req.name.is_empty() {
+        let (stores, ns) = (self.stores.clone(), req.namespace.clone());
+        let record = Image {
+            name: if req.name.is_empty() {
                 name.clone()
             } else {
-                ctx.req.name.clone()
+                req.name.clone()
             },
-            labels: ctx.req.labels.clone(),
-            target: root,
+            labels: req.labels.clone(),
+            target: root.descriptor(),
             created_at: Timestamp::now(),
             updated_at: Timestamp::now(),
         };
-        let (images, ns) = (self.stores.images.clone(), ctx.req.namespace.clone());
-        let img = image.clone();
-        let image = blocking(move || match images.create(&ns, img.clone()) {
-            Err(e) if e.is_already_exists() => images.update(&ns, img, &[]),
-            r => r,
-        })
-        .await?;
+        let image = blocking(move || stores.images.put(&ns, record)).await?;
         ctx.progress.progress(Progress {
-            event: "saved",
+            event: "saved".into(),
             name: image.name.clone(),
+            parents: Vec::new(),
             progress: 0,
             total: 0,
-            media_type: image.target.media_type.clone(),
-            digest: image.target.digest.clone(),
+            desc: Some(root),
         });
         Ok(Pulled { image, fetched })
     }
 
-    async fn add_labels(&self, ctx: &Ctx<'_>, d: &Digest, labels: Labels) -> Result<()> {
-        let (c, ns, d) = (
-            self.stores.content.clone(),
+    /// Unpacks the image's layers in order, each read as it lands, and labels the result.
+    async fn unpack(
+        &self,
+        ctx: &Ctx<'_>,
+        sn: &str,
+        image: &ResolvedImage,
+        parents: &[(LayerRef, Vec<String>)],
+    ) -> Result<()> {
+        for (i, layer) in image.layers.iter().enumerate() {
+            let landing = ctx
+                .landings
+                .get(&layer.blob.digest)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Unavailable(format!("layer {} is not being fetched", layer.blob.digest))
+                })?;
+            let lparents = parents
+                .iter()
+                .find(|(l, _)| l.blob == layer.blob)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default();
+            let progress = ctx.progress.clone();
+            let (stores, ns, sn, lease) = (
+                self.stores.clone(),
+                ctx.req.namespace.clone(),
+                sn.to_owned(),
+                ctx.lease.clone(),
+            );
+            let (layer, chain, parent) = (
+                layer.clone(),
+                image.chain_ids[i].clone(),
+                i.checked_sub(1).map(|p| image.chain_ids[p].clone()),
+            );
+            blocking(move || {
+                unpack_landing(
+                    &stores,
+                    &ns,
+                    &lease,
+                    &sn,
+                    &layer,
+                    &chain,
+                    parent.as_ref(),
+                    &landing,
+                    &*progress,
+                    &lparents,
+                )
+            })
+            .await?;
+        }
+        let (stores, ns, sn, image) = (
+            self.stores.clone(),
             ctx.req.namespace.clone(),
-            d.clone(),
+            sn.to_owned(),
+            image.clone(),
         );
-        blocking(move || {
-            let mut info = c.info(&ns, &d)?;
-            let fields: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
-            info.labels.extend(labels);
-            c.update(&ns, &d, &info.labels, &fields)
-        })
-        .await?;
-        Ok(())
+        blocking(move || unpack::label_unpacked(&stores, &ns, &image, &sn)).await
     }
 
     /// Stores bytes already fetched (manifests, indexes). Returns 1 when newly stored.
     async fn store_bytes(
         &self,
         ctx: &Ctx<'_>,
-        d: &Digest,
+        blob: &BlobRef,
         bytes: &[u8],
         labels: &Labels,
+        parents: &[String],
     ) -> Result<usize> {
         let (c, ns, d, bytes, labels, lease) = (
             self.stores.content.clone(),
             ctx.req.namespace.clone(),
-            d.clone(),
+            blob.digest.clone(),
             bytes.to_vec(),
             labels.clone(),
             ctx.lease.clone(),
         );
-        let (c2, ns2, d2, l2) = (c.clone(), ns.clone(), d.clone(), labels.clone());
-        let stored = blocking(move || {
-            let r = format!("pull-{d}");
-            match c.writer(&ns, &r, bytes.len() as i64, Some(&d), Some(&lease)) {
-                Ok(mut w) => {
-                    w.write(&bytes)?;
-                    c.commit(w, bytes.len() as i64, Some(&d), &labels, Some(&lease))?;
-                    Ok(1)
-                }
-                Err(e) if e.is_already_exists() => Ok(0),
-                Err(e) => Err(e),
-            }
-        })
-        .await?;
-        if stored == 0 && !l2.is_empty() {
-            let fields: Vec<String> = l2.keys().map(|k| format!("labels.{k}")).collect();
-            blocking(move || c2.update(&ns2, &d2, &l2, &fields)).await?;
-        }
+        let r = ref_key(blob);
+        let stored =
+            blocking(
+                move || match c.writer(&ns, &r, bytes.len() as i64, Some(&d), Some(&lease)) {
+                    Ok(mut w) => {
+                        w.write_at(0, &bytes)?;
+                        c.commit(w, bytes.len() as i64, Some(&d), &labels, Some(&lease))?;
+                        Ok(1)
+                    }
+                    Err(e) if e.is_already_exists() => {
+                        if !labels.is_empty() {
+                            c.add_labels(&ns, &d, labels)?;
+                        }
+                        Ok(0)
+                    }
+                    Err(e) => Err(e),
+                },
+            )
+            .await?;
+        let event = if stored == 1 {
+            "complete"
+        } else {
+            "already exists"
+        };
+        let parents = if stored == 1 { parents } else { &[] };
+        ctx.progress
+            .progress(Progress::blob(event, blob, parents, blob.size));
         Ok(stored)
     }
 
     /// Downloads one blob into the content store, verified; returns 1 if it was fetched, 0
-    /// if the store already had it.
-    async fn fetch_blob(&self, ctx: &Ctx<'_>, d: &Digest, size: i64, mt: &str) -> Result<usize> {
+    /// if the store already had it. `landing` learns where the bytes go as they arrive.
+    async fn fetch_blob(
+        &self,
+        ctx: &Ctx<'_>,
+        blob: &BlobRef,
+        parents: &[String],
+        landing: Option<Arc<Landing>>,
+    ) -> Result<usize> {
+        let landing = landing.unwrap_or_default();
+        let _unlanded = LandingGuard(&landing);
+        let (d, size) = (&blob.digest, blob.size);
+        let report = |event: &str, done: i64| {
+            ctx.progress.progress(Progress::blob(
+                event,
+                blob,
+                if event == "already exists" {
+                    &[]
+                } else {
+                    parents
+                },
+                done,
+            ))
+        };
+        report("waiting", 0);
         let entry = Inflight::enter(&self.inflight, d);
         let _held = entry.gate.clone().lock_owned().await;
-        let name = format!(
-            "{}-{d}",
-            if mt.contains("config") {
-                "config"
-            } else {
-                "layer"
-            }
-        );
-        let report = |event: &'static str, progress: i64| {
-            ctx.progress.progress(Progress {
-                event,
-                name: name.clone(),
-                progress,
-                total: size,
-                media_type: mt.to_owned(),
-                digest: d.to_string(),
-            })
-        };
-        let ingest = format!("pull-{d}");
+        let ingest = ref_key(blob);
         let mut mismatches = 0;
         let mut last_err = None;
         for attempt in 0..BLOB_ATTEMPTS {
@@ -577,27 +716,24 @@ impl Puller {
                 match blocking(move || c.writer(&ns, &r, size, Some(&dd), Some(&lease))).await {
                     Ok(w) => w,
                     Err(Error::Core(e)) if e.is_already_exists() => {
-                        report("exists", size);
+                        landing.finish(true);
+                        report("already exists", size);
                         return Ok(0);
                     }
                     Err(e) => return Err(e),
                 };
             let offset = writer.offset();
-            if attempt == 0 {
-                report(
-                    if offset > 0 {
-                        "resuming"
-                    } else {
-                        "downloading"
-                    },
-                    offset as i64,
-                );
-            }
+            landing.started(writer.data_path(), offset);
             let outcome = if offset as i64 >= size {
                 Ok(writer)
             } else {
                 match self.client.blob(&ctx.target, d, offset).await {
-                    Ok((resp, true)) => self.stream_into(writer, resp, size, &report).await,
+                    Ok((resp, true)) => {
+                        self.stream_into(writer, resp, size, landing.clone(), &|n| {
+                            report("downloading", n)
+                        })
+                        .await
+                    }
                     Ok((_, false)) => {
                         // The registry ignored the range: start this blob again.
                         drop(writer);
@@ -618,8 +754,7 @@ impl Puller {
                 Err(e) => {
                     tracing::debug!(digest = %d, "blob download interrupted: {e}");
                     last_err = Some(e);
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5)))
-                        .await;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
                     continue;
                 }
             };
@@ -634,18 +769,24 @@ impl Puller {
                 .await
             {
                 Ok(_) => {
+                    landing.finish(true);
                     report("complete", size);
                     return Ok(1);
                 }
                 Err(Error::Core(e)) if e.is_already_exists() => {
-                    report("exists", size);
+                    landing.finish(true);
+                    report("already exists", size);
                     return Ok(0);
                 }
                 Err(Error::Core(berth_core::Error::FailedPrecondition(msg))) => {
                     // The bytes do not match the digest; the ingest was discarded.
                     mismatches += 1;
                     let c = self.stores.content.clone();
-                    let _ = blocking(move || c.abort(&ns, &r)).await;
+                    let _ = blocking(move || match c.abort(&ns, &r) {
+                        Err(e) if e.is_not_found() => Ok(()),
+                        r => r,
+                    })
+                    .await;
                     if mismatches >= 2 {
                         return Err(Error::Mismatch(format!(
                             "blob {d} of {}: the registry's bytes do not match the digest ({msg})",
@@ -662,19 +803,22 @@ impl Puller {
         }))
     }
 
-    /// Streams a response body into the writer on a blocking thread. Stops with an error on
-    /// a cut-off body or one longer than the descriptor says.
+    /// Streams a response body into the writer, which runs on a blocking thread fed through
+    /// a bounded queue: a slow disk slows the download, never a runtime thread. Stops with
+    /// an error on a cut-off body or one longer than the descriptor says.
     async fn stream_into(
         &self,
-        mut writer: berth_core::content::Writer,
+        mut writer: Writer,
         resp: reqwest::Response,
         size: i64,
-        report: &(dyn Fn(&'static str, i64) + Sync),
-    ) -> Result<berth_core::content::Writer> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(32);
+        landing: Arc<Landing>,
+        report: &(dyn Fn(i64) + Sync),
+    ) -> Result<Writer> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
         let sink = tokio::task::spawn_blocking(move || {
-            for chunk in rx {
+            while let Some(chunk) = rx.blocking_recv() {
                 writer.write(&chunk)?;
+                landing.wrote(writer.offset());
             }
             Ok::<_, berth_core::Error>(writer)
         });
@@ -686,12 +830,18 @@ impl Puller {
             match chunk {
                 Ok(b) => {
                     received += b.len() as i64;
-                    if tx.send(b).is_err() {
+                    if received > size {
+                        failure = Some(Error::Mismatch(format!(
+                            "the registry sent more than the {size} bytes the descriptor says"
+                        )));
+                        break;
+                    }
+                    if tx.send(b).await.is_err() {
                         break;
                     }
                     if received - reported >= 4 << 20 {
                         reported = received;
-                        report("downloading", received);
+                        report(received);
                     }
                 }
                 Err(e) => {
@@ -710,11 +860,6 @@ impl Puller {
         if let Some(f) = failure {
             return Err(f);
         }
-        if writer.offset() as i64 > size {
-            return Err(Error::Mismatch(format!(
-                "the registry sent more than the {size} bytes the descriptor says"
-            )));
-        }
         if (writer.offset() as i64) < size {
             return Err(Error::Unavailable(format!(
                 "body ended after {} of {size} bytes",
@@ -723,146 +868,117 @@ impl Puller {
         }
         Ok(writer)
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn unpack_layer(
-        &self,
-        ctx: &Ctx<'_>,
-        sn: &str,
-        d: &Digest,
-        mt: &str,
-        diff_id: &Digest,
-        parent: Option<&Digest>,
-        chain: &Digest,
-    ) -> Result<()> {
-        let layer = Layer {
-            digest: d.clone(),
-            media_type: mt.to_owned(),
-            diff_id: diff_id.clone(),
-        };
-        unpack_layer(
-            &self.stores,
-            &ctx.req.namespace,
-            &ctx.lease,
-            sn,
-            &layer,
-            parent,
-            chain,
-        )
-        .await
-    }
 }
 
-/// One layer to apply: its blob, media type and the uncompressed digest the config names.
-pub struct Layer {
-    pub digest: Digest,
-    pub media_type: String,
-    pub diff_id: Digest,
-}
-
-/// Applies one layer onto a new snapshot named by its chain ID over `parent`, unless that
-/// snapshot exists already; the uncompressed digest must match the config's diff ID.
-pub async fn unpack_layer(
-    stores: &Stores,
+/// Applies one layer onto its snapshot, reading it as it lands; the snapshot is committed
+/// only once the blob is verified. If reading along fails (the download restarted, or sent
+/// bytes it then had to fetch again), the layer is applied afresh from the committed blob.
+#[allow(clippy::too_many_arguments)]
+fn unpack_landing(
+    stores: &ImageStores,
     ns: &Namespace,
     lease: &str,
     sn: &str,
-    layer: &Layer,
-    parent: Option<&Digest>,
+    layer: &LayerRef,
     chain: &Digest,
-) -> Result<()> {
-    {
-        let stores = stores.clone();
-        let (ns, sn, d, mt, diff_id) = (
-            ns.clone(),
-            sn.to_owned(),
-            layer.digest.clone(),
-            layer.media_type.clone(),
-            layer.diff_id.clone(),
-        );
-        let (parent, chain, lease) = (
-            parent.map(ToString::to_string),
-            chain.to_string(),
-            lease.to_owned(),
-        );
-        blocking(move || {
-            if stores.snapshots.stat(&ns, &sn, &chain).is_ok() {
+    parent: Option<&Digest>,
+    landing: &Arc<Landing>,
+    progress: &dyn ProgressSink,
+    parents: &[String],
+) -> berth_core::Result<()> {
+    let Some(mut u) = LayerUnpack::begin(stores, ns, sn, chain, parent, Some(lease))? else {
+        landing_wait(landing, &layer.blob)?;
+        return Ok(());
+    };
+    progress.progress(Progress::blob("extracting", &layer.blob, parents, 0));
+    let size = layer.blob.size.max(0) as u64;
+    let streamed = landing
+        .follow(size)
+        .map(|f| u.apply(layer, counting(f, &layer.blob, parents, progress)));
+    match streamed {
+        Some(Ok(_)) => landing_wait(landing, &layer.blob)?,
+        Some(Err(e)) => {
+            landing_wait(landing, &layer.blob)?;
+            tracing::debug!(layer = %layer.blob.digest, "reading along failed ({e}); applying the stored blob");
+            drop(u);
+            let Some(again) = LayerUnpack::begin(stores, ns, sn, chain, parent, Some(lease))?
+            else {
                 return Ok(());
-            }
-            let key = format!("extract-{}-{chain}", uuid::Uuid::new_v4().simple());
-            let mounts = stores.snapshots.create(
-                &ns,
-                &sn,
-                NewSnapshot {
-                    key: &key,
-                    parent: parent.as_deref(),
-                    kind: Kind::Active,
-                    labels: Labels::new(),
-                    lease: Some(&lease),
-                },
-            )?;
-            let applied =
-                berth_core::diff::apply(&stores.content, &ns, &d, &mt, &mounts, &stores.scratch);
-            let result = match applied {
-                Ok(a) if a.digest != diff_id => {
-                    Err(berth_core::Error::FailedPrecondition(format!(
-                        "layer {d} unpacks to {} but the image config says {diff_id}",
-                        a.digest
-                    )))
-                }
-                Ok(_) => match stores.snapshots.commit(
-                    &ns,
-                    &sn,
-                    &chain,
-                    &key,
-                    Labels::new(),
-                    Some(&lease),
-                ) {
-                    Err(e) if e.is_already_exists() => Err(e),
-                    r => return r,
-                },
-                Err(e) => Err(e),
             };
-            let _ = stores.snapshots.remove(&ns, &sn, &key);
-            match result {
-                // Another pull committed the same chain first: use theirs.
-                Err(e) if e.is_already_exists() => Ok(()),
-                r => r,
-            }
-        })
-        .await
+            u = again;
+            apply_stored(stores, ns, &mut u, layer)?;
+        }
+        None => {
+            landing_wait(landing, &layer.blob)?;
+            apply_stored(stores, ns, &mut u, layer)?;
+        }
+    }
+    u.commit()?;
+    progress.progress(Progress::blob(
+        "extracted",
+        &layer.blob,
+        parents,
+        layer.blob.size,
+    ));
+    Ok(())
+}
+
+fn counting<'a, R: Read + Send + 'a>(
+    inner: R,
+    blob: &BlobRef,
+    parents: &[String],
+    progress: &'a dyn ProgressSink,
+) -> impl Read + Send + 'a {
+    let (blob, parents) = (blob.clone(), parents.to_vec());
+    let report = move |n: i64| {
+        progress.progress(Progress::blob("extracting", &blob, &parents, n));
+    };
+    Counting {
+        inner,
+        done: 0,
+        reported: 0,
+        report,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Counts what the applier consumed, for `extracting` progress.
+struct Counting<R, F> {
+    inner: R,
+    done: i64,
+    reported: i64,
+    report: F,
+}
 
-    #[test]
-    fn download_gates_are_removed_by_the_last_one_out() {
-        let map = InflightMap::default();
-        let d = Digest::of(b"blob");
-        let first = Inflight::enter(&map, &d);
-        let second = Inflight::enter(&map, &d);
-        assert!(Arc::ptr_eq(&first.gate, &second.gate));
-        drop(first);
-        assert_eq!(
-            map.lock().unwrap().len(),
-            1,
-            "a waiter still holds the gate"
-        );
-        drop(second);
-        assert!(map.lock().unwrap().is_empty());
+impl<R: Read, F: Fn(i64)> Read for Counting<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as i64;
+        if self.done - self.reported >= 8 << 20 {
+            self.reported = self.done;
+            (self.report)(self.done);
+        }
+        Ok(n)
     }
+}
 
-    #[test]
-    fn chain_ids_follow_containerd() {
-        let a = Digest::of(b"a");
-        let b = Digest::of(b"b");
-        let chains = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(chains[0], a);
-        use sha2::Digest as _;
-        let want = hex::encode(sha2::Sha256::digest(format!("{a} {b}").as_bytes()));
-        assert_eq!(chains[1].to_string(), format!("sha256:{want}"));
+fn landing_wait(landing: &Landing, blob: &BlobRef) -> berth_core::Result<()> {
+    if landing.wait_done() {
+        Ok(())
+    } else {
+        Err(berth_core::Error::Unavailable(format!(
+            "layer {} was not fetched",
+            blob.digest
+        )))
     }
+}
+
+fn apply_stored(
+    stores: &ImageStores,
+    ns: &Namespace,
+    u: &mut LayerUnpack<'_>,
+    layer: &LayerRef,
+) -> berth_core::Result<()> {
+    let (file, _) = stores.content.open(ns, &layer.blob.digest)?;
+    u.apply(layer, std::io::BufReader::with_capacity(1 << 20, file))?;
+    Ok(())
 }

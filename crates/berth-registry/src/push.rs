@@ -15,8 +15,10 @@ use reqwest::{Method, StatusCode};
 use crate::auth::Credentials;
 use crate::client::{Endpoint, RegistryClient, Target};
 use crate::error::{Error, Result};
-use crate::pull::{Progress, ProgressSink, Stores};
-use crate::reference::Reference;
+use berth_core::images::media::{self, Kind};
+use berth_core::images::progress::{Progress, ProgressSink};
+use berth_core::images::resolve::{self, BlobRef};
+use berth_core::images::{ImageStores, Reference};
 
 /// Blobs up to this size go up in one PUT; larger ones in PATCH chunks of this size.
 pub const CHUNK: u64 = 16 << 20;
@@ -35,15 +37,21 @@ pub struct PushRequest {
 
 pub struct Pusher {
     client: Arc<RegistryClient>,
-    stores: Stores,
+    stores: ImageStores,
 }
 
-fn header(v: &str) -> HeaderValue {
-    HeaderValue::from_str(v).expect("ascii header value")
+/// A header value from what an image record says (a media type): refused, never a panic,
+/// when it holds what HTTP headers cannot carry.
+fn header(v: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(v).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{v:?} cannot be sent in an HTTP header (control characters or non-ASCII)"
+        ))
+    })
 }
 
 impl Pusher {
-    pub fn new(client: Arc<RegistryClient>, stores: Stores) -> Self {
+    pub fn new(client: Arc<RegistryClient>, stores: ImageStores) -> Self {
         Pusher { client, stores }
     }
 
@@ -80,13 +88,15 @@ impl Pusher {
         let image = tokio::task::spawn_blocking(move || images.get(&n, &name))
             .await
             .map_err(|e| Error::Unavailable(format!("worker failed: {e}")))??;
-        let t = Target {
+        let mut t = Target {
             reference: &req.reference,
             credentials: req.credentials.as_ref(),
             plain_http: req.plain_http,
             actions: "pull,push",
             hosts_dir: req.hosts_dir.as_deref(),
+            hosts: None,
         };
+        self.client.prepare(&mut t).await?;
         // Where blobs may be mounted from: the image's own repository, if it is on the
         // same registry.
         let from = Reference::parse(&image.name)
@@ -95,43 +105,57 @@ impl Pusher {
                 r.registry == req.reference.registry && r.repository != req.reference.repository
             })
             .map(|r| r.repository);
-        let root = Digest::parse(&image.target.digest)?;
-        let root_bytes = self
-            .read_async(&ns, &root, 0, image.target.size as u64)
-            .await?;
+        let root = berth_core::images::BlobRef::of(
+            &image.target,
+            &format_args!("image {:?}", image.name),
+        )?;
+        let read_json = |d: Digest| {
+            let (c, ns) = (self.stores.content.clone(), ns.clone());
+            async move {
+                tokio::task::spawn_blocking(move || resolve::read_json_blob(&c, &ns, &d))
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("worker failed: {e}")))?
+                    .map(bytes::Bytes::from)
+                    .map_err(Error::from)
+            }
+        };
+        let root_bytes = read_json(root.digest.clone()).await?;
         let mut manifests: Vec<(Digest, String, bytes::Bytes)> = Vec::new();
         let root_type = image.target.media_type.clone();
-        if root_type.contains("index") || root_type.contains("manifest.list") {
-            let index: serde_json::Value = serde_json::from_slice(&root_bytes)
-                .map_err(|e| Error::InvalidArgument(format!("index {root}: {e}")))?;
-            for m in index["manifests"].as_array().into_iter().flatten() {
-                let d = Digest::parse(m["digest"].as_str().unwrap_or_default())?;
-                let size = m["size"].as_u64().unwrap_or(0);
-                let mt = m["mediaType"].as_str().unwrap_or_default().to_owned();
-                let bytes = self.read_async(&ns, &d, 0, size).await.map_err(|e| match e {
-                    Error::Core(c) if c.is_not_found() => Error::Core(berth_core::Error::FailedPrecondition(format!(
-                        "manifest {d} of image {:?} is not in the content store (pull all platforms to push the index)",
-                        image.name
-                    ))),
-                    e => e,
-                })?;
-                manifests.push((d, mt, bytes));
+        match media::kind(&root_type) {
+            Kind::Index => {
+                let index =
+                    resolve::parse_index(&root_bytes, &format_args!("index {}", root.digest))?;
+                for e in index.entries {
+                    let d = e.blob.digest.clone();
+                    let bytes = read_json(d.clone()).await.map_err(|e| match e {
+                        Error::Core(c) if c.is_not_found() => Error::Core(berth_core::Error::FailedPrecondition(format!(
+                            "manifest {d} of image {:?} is not in the content store (pull all platforms to push the index)",
+                            image.name
+                        ))),
+                        e => e,
+                    })?;
+                    manifests.push((d, e.blob.media_type, bytes));
+                }
             }
-        } else {
-            manifests.push((root.clone(), root_type.clone(), root_bytes.clone()));
+            Kind::Manifest => {
+                manifests.push((root.digest.clone(), root_type.clone(), root_bytes.clone()))
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "image {:?} points at {} of media type {root_type:?}, not an index or manifest",
+                    image.name, root.digest
+                )))
+            }
         }
         for (md, _, bytes) in &manifests {
-            let m: serde_json::Value = serde_json::from_slice(bytes)
-                .map_err(|e| Error::InvalidArgument(format!("manifest {md}: {e}")))?;
-            let mut blobs = vec![m["config"].clone()];
-            blobs.extend(m["layers"].as_array().cloned().unwrap_or_default());
-            for b in blobs {
-                let d = Digest::parse(b["digest"].as_str().unwrap_or_default())?;
-                let size = b["size"].as_u64().unwrap_or(0);
-                self.push_blob(&t, &ns, &d, size, from.as_deref(), progress)
+            let m = resolve::parse_manifest(bytes, &format_args!("manifest {md}"))?;
+            for b in std::iter::once(&m.config).chain(m.layers.iter()) {
+                self.push_blob(&t, &ns, b, from.as_deref(), progress)
                     .await?;
             }
         }
+        let root = root.digest;
         let children = manifests.len() > 1 || manifests[0].0 != root;
         if children {
             for (d, mt, bytes) in &manifests {
@@ -142,12 +166,16 @@ impl Pusher {
         let tag = req.reference.object();
         self.put_manifest(&t, &tag, &root_type, root_bytes).await?;
         progress.progress(Progress {
-            event: "pushed",
+            event: "pushed".into(),
             name: req.reference.to_string(),
+            parents: Vec::new(),
             progress: image.target.size,
             total: image.target.size,
-            media_type: root_type,
-            digest: root.to_string(),
+            desc: Some(BlobRef {
+                digest: root,
+                size: image.target.size,
+                media_type: root_type,
+            }),
         });
         Ok(image.target)
     }
@@ -160,7 +188,7 @@ impl Pusher {
         bytes: bytes::Bytes,
     ) -> Result<()> {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, header(mt));
+        h.insert(CONTENT_TYPE, header(mt)?);
         let r = self
             .client
             .send_body(
@@ -188,21 +216,13 @@ impl Pusher {
         &self,
         t: &Target<'_>,
         ns: &Namespace,
-        d: &Digest,
-        size: u64,
+        blob: &BlobRef,
         from: Option<&str>,
         progress: &dyn ProgressSink,
     ) -> Result<()> {
-        let name = format!("blob-{d}");
-        let report = |event: &'static str, done: u64| {
-            progress.progress(Progress {
-                event,
-                name: name.clone(),
-                progress: done as i64,
-                total: size as i64,
-                media_type: String::new(),
-                digest: d.to_string(),
-            })
+        let (d, size) = (&blob.digest, blob.size.max(0) as u64);
+        let report = |event: &str, done: u64| {
+            progress.progress(Progress::blob(event, blob, &[], done as i64))
         };
         let head = self
             .client
@@ -210,7 +230,7 @@ impl Pusher {
             .await?;
         if head.status().is_success() {
             tracing::debug!(digest = %d, to = %t.reference, "registry has the blob already");
-            report("exists", size);
+            report("already exists", size);
             return Ok(());
         }
         let start = match from {
@@ -246,12 +266,12 @@ impl Pusher {
                 let len = CHUNK.min(size - offset);
                 let chunk = self.read_async(ns, d, offset, len).await?;
                 let mut h = HeaderMap::new();
-                h.insert(CONTENT_TYPE, header("application/octet-stream"));
+                h.insert(CONTENT_TYPE, header("application/octet-stream")?);
                 h.insert(
                     CONTENT_RANGE,
-                    header(&format!("{offset}-{}", offset + len - 1)),
+                    header(&format!("{offset}-{}", offset + len - 1))?,
                 );
-                h.insert(CONTENT_LENGTH, header(&len.to_string()));
+                h.insert(CONTENT_LENGTH, header(&len.to_string())?);
                 let r = self
                     .client
                     .send_body(
@@ -283,10 +303,10 @@ impl Pusher {
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={d}");
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, header("application/octet-stream"));
+        h.insert(CONTENT_TYPE, header("application/octet-stream")?);
         h.insert(
             CONTENT_LENGTH,
-            header(&rest.as_ref().map_or(0, |b| b.len()).to_string()),
+            header(&rest.as_ref().map_or(0, |b| b.len()).to_string())?,
         );
         let r = self
             .client
@@ -307,7 +327,7 @@ impl Pusher {
                 text.trim()
             )));
         }
-        report("pushed", size);
+        report("complete", size);
         Ok(())
     }
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::ImageCreate;
+use berth_core::images::progress::{NoProgress, Progress, ProgressSink};
 use berth_core::Namespace;
 use berth_registry::auth::Credentials;
 use berth_registry::platform::Platform;
-use berth_registry::pull::{Progress, ProgressSink, PullRequest, Puller};
+use berth_registry::pull::{PullRequest, Puller};
 use berth_registry::push::{PushRequest, Pusher};
 use berth_registry::Reference;
 use prost::{Message, Name};
@@ -20,13 +21,14 @@ use tonic::{Request, Response, Status};
 use crate::api::TransferRequest;
 use crate::events::EventBus;
 use crate::server::transfer_server;
-use crate::status::{labels_in, namespace, registry_status};
+use crate::status::{blocking, labels_in, namespace, registry_status};
 use crate::streaming::{any_of, StreamRegistry};
 use crate::types::transfer::{
     AuthRequest, AuthResponse, ImageExportStream, ImageImportStream, ImageStore, OciRegistry,
     RegistryResolver,
 };
 use crate::types::Descriptor;
+use berth_core::images::archive;
 
 pub struct TransferService {
     pub puller: Arc<Puller>,
@@ -54,15 +56,15 @@ struct StreamProgress(mpsc::Sender<prost_types::Any>);
 impl ProgressSink for StreamProgress {
     fn progress(&self, p: Progress) {
         let msg = crate::types::transfer::Progress {
-            event: p.event.to_owned(),
+            event: p.event,
             name: p.name,
-            parents: Vec::new(),
+            parents: p.parents,
             progress: p.progress,
             total: p.total,
-            desc: (!p.digest.is_empty()).then(|| Descriptor {
-                media_type: p.media_type,
-                digest: p.digest,
-                size: p.total,
+            desc: p.desc.map(|d| Descriptor {
+                media_type: d.media_type,
+                digest: d.digest.to_string(),
+                size: d.size,
                 annotations: Default::default(),
             }),
         };
@@ -130,7 +132,7 @@ impl TransferService {
         ns: &Namespace,
         r: OciRegistry,
     ) -> Result<(Reference, RegistryResolver, Option<Credentials>), Status> {
-        let reference = Reference::parse(&r.reference).map_err(registry_status)?;
+        let reference = Reference::parse(&r.reference).map_err(crate::status::to_status)?;
         let resolver = r.resolver.unwrap_or_default();
         let credentials = if resolver.auth_stream.is_empty() {
             None
@@ -148,6 +150,7 @@ impl TransferService {
         dst: ImageStore,
         progress: Option<mpsc::Sender<prost_types::Any>>,
     ) -> Result<(), Status> {
+        let src_reference = src.reference.clone();
         let (reference, resolver, credentials) = self.registry(&ns, src).await?;
         let mut platforms: Vec<Platform> = Vec::new();
         for u in &dst.unpacks {
@@ -169,6 +172,7 @@ impl TransferService {
             }
         });
         let req = PullRequest {
+            source: src_reference,
             namespace: ns.clone(),
             name: dst.name.clone(),
             labels: labels_in(dst.labels),
@@ -176,20 +180,16 @@ impl TransferService {
             plain_http: resolver.default_scheme == "http",
             hosts_dir: (!resolver.host_dir.is_empty()).then(|| resolver.host_dir.clone().into()),
             platforms,
-            all_platforms: dst.all_metadata,
+            all_metadata: dst.all_metadata,
             unpack,
             max_concurrent_downloads: self.max_concurrent_downloads,
             reference,
         };
-        let pulled = match &progress {
-            Some(tx) => self.puller.pull(&req, &StreamProgress(tx.clone())).await,
-            None => {
-                self.puller
-                    .pull(&req, &berth_registry::pull::NoProgress)
-                    .await
-            }
-        }
-        .map_err(|e| {
+        let sink: Arc<dyn ProgressSink> = match &progress {
+            Some(tx) => Arc::new(StreamProgress(tx.clone())),
+            None => Arc::new(NoProgress),
+        };
+        let pulled = self.puller.pull(&req, sink).await.map_err(|e| {
             // What the failed pull stored is no longer leased: collect it.
             self.gc.schedule();
             registry_status(e)
@@ -231,11 +231,7 @@ impl TransferService {
         };
         let pushed = match &progress {
             Some(tx) => self.pusher.push(&req, &StreamProgress(tx.clone())).await,
-            None => {
-                self.pusher
-                    .push(&req, &berth_registry::pull::NoProgress)
-                    .await
-            }
+            None => self.pusher.push(&req, &NoProgress).await,
         }
         .map_err(registry_status)?;
         tracing::info!(image = %req.image, to = %req.reference, digest = %pushed.digest, "pushed");
@@ -283,14 +279,13 @@ impl TransferService {
                 )),
                 None => None,
             };
-            let opts = berth_registry::archive::ImportOptions {
+            let opts = archive::ImportOptions {
                 name: dst.name.clone(),
                 labels: labels_in(dst.labels.clone()),
                 unpack,
             };
-            berth_registry::archive::import(self.puller.stores(), &ns, &path, &opts)
-                .await
-                .map_err(registry_status)
+            let (stores, n, p) = (self.puller.stores().clone(), ns.clone(), path.clone());
+            blocking(move || archive::import(&stores, &n, &p, &opts)).await
         }
         .await;
         let _ = std::fs::remove_file(&path);
@@ -324,15 +319,32 @@ impl TransferService {
         let _ = std::fs::create_dir_all(&self.puller.stores().scratch);
         let path = self.scratch_file("export");
         let result = async {
-            berth_registry::archive::export(
-                self.puller.stores(),
-                &ns,
-                std::slice::from_ref(&src.name),
-                &path,
-                !dst.skip_compatibility_manifest,
-            )
-            .await
-            .map_err(registry_status)?;
+            let (stores, n, p, name) = (
+                self.puller.stores().clone(),
+                ns.clone(),
+                path.clone(),
+                src.name.clone(),
+            );
+            let opts = archive::ExportOptions {
+                docker_manifest: !dst.skip_compatibility_manifest,
+                ..Default::default()
+            };
+            blocking(move || {
+                let img = stores.images.get(&n, &name)?;
+                let mut f =
+                    std::fs::File::create(&p).map_err(berth_core::Error::io("create", &p))?;
+                archive::export(
+                    &stores,
+                    &n,
+                    &[archive::ExportImage {
+                        name: img.name,
+                        target: img.target,
+                    }],
+                    &mut f,
+                    &opts,
+                )
+            })
+            .await?;
             crate::streaming::send_file(h, &path).await
         }
         .await;

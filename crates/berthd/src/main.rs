@@ -286,7 +286,7 @@ async fn main() -> Result<()> {
     })
     .context("registry client")?;
     let registry = Arc::new(registry);
-    let stores = berth_registry::pull::Stores {
+    let stores = berth_core::images::ImageStores {
         meta: meta.clone(),
         content: content.clone(),
         images: images.clone(),

@@ -1,4 +1,4 @@
-//! The image store: named references to a target descriptor, per namespace.
+//! The image store: named references to a target descriptor, per namespace, in metadata.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -162,6 +162,14 @@ impl Images {
             tx.put(Bucket::Images, &k, &cur)?;
             Ok(cur)
         })
+    }
+
+    /// Creates the image, or points an existing one at the new target and labels.
+    pub fn put(&self, ns: &Namespace, img: Image) -> Result<Image> {
+        match self.create(ns, img.clone()) {
+            Err(e) if e.is_already_exists() => self.update(ns, img, &[]),
+            r => r,
+        }
     }
 
     pub fn delete(&self, ns: &Namespace, name: &str) -> Result<()> {

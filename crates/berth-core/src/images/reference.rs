@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use berth_core::Digest;
+use crate::digest::Digest;
 
 use crate::error::{Error, Result};
 
