@@ -13,7 +13,7 @@ use crate::metadata::{key, ns_prefix, Bucket, Labels, MetaStore, Reader, Timesta
 use crate::namespace::Namespace;
 
 /// A typed protobuf value (`google.protobuf.Any`) kept as it came.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnyValue {
     pub type_url: String,
     #[serde(with = "hex_bytes")]

@@ -1,5 +1,6 @@
 //! berth-core: the parts of a container runtime daemon that know nothing of gRPC —
-//! content store, metadata, snapshotters, mounts, the layer applier, leases and GC.
+//! content store, metadata, snapshotters, mounts, the layer applier, images (resolution,
+//! unpack, archives), leases, garbage collection and the event bus.
 
 pub mod apply;
 pub mod containers;
@@ -8,6 +9,7 @@ pub mod diff;
 pub mod differ;
 pub mod digest;
 pub mod error;
+pub mod events;
 pub mod filters;
 pub mod gc;
 pub mod images;
@@ -21,4 +23,4 @@ pub mod snapshot;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
-pub use namespace::Namespace;
+pub use namespace::{ContainerId, Namespace};

@@ -7,8 +7,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use berth_core::Error as CoreError;
+use berth_core::{ContainerId, Namespace};
 
 use crate::error::{Error, Result};
+use crate::task::TaskKey;
 
 pub const TASK_DIR: &str = "io.containerd.runtime.v2.task";
 /// Where berth records the shim binary a bundle was started with, for cleanup after a restart.
@@ -17,25 +19,13 @@ const SHIM_BINARY_FILE: &str = "shim-binary";
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub path: PathBuf,
-    pub namespace: String,
-    pub id: String,
+    pub key: TaskKey,
 }
 
-/// containerd's identifier rule: alphanumerics joined by single `.`, `_` or `-`, at most 76.
+/// containerd's identifier rule, for exec ids: alphanumerics joined by single `.`, `_` or
+/// `-`, at most 76.
 pub fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 76
-        && id
-            .split(['.', '_', '-'])
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if ok {
-        Ok(())
-    } else {
-        Err(CoreError::InvalidArgument(format!(
-            "container id {id:?} is not a valid identifier (alphanumerics joined by '.', '_' or '-', at most 76)"
-        ))
-        .into())
-    }
+    ContainerId::new(id).map(|_| ()).map_err(Error::from)
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
@@ -44,14 +34,17 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + u
 }
 
 impl Bundle {
-    pub fn path_for(state: &Path, ns: &str, id: &str) -> PathBuf {
-        state.join(TASK_DIR).join(ns).join(id)
+    pub fn path_for(state: &Path, key: &TaskKey) -> PathBuf {
+        state
+            .join(TASK_DIR)
+            .join(key.namespace.as_str())
+            .join(key.id.as_str())
     }
 
     /// Writes a new bundle. A leftover directory of a task that no longer exists is replaced;
     /// on failure nothing is left behind.
-    pub fn create(state: &Path, ns: &str, id: &str, spec: &[u8], shim: &Path) -> Result<Bundle> {
-        validate_id(id)?;
+    pub fn create(state: &Path, key: &TaskKey, spec: &[u8], shim: &Path) -> Result<Bundle> {
+        let id = &key.id;
         match serde_json::from_slice::<serde_json::Value>(spec) {
             Ok(serde_json::Value::Object(_)) => {}
             Ok(_) => {
@@ -68,9 +61,8 @@ impl Bundle {
             }
         }
         let b = Bundle {
-            path: Self::path_for(state, ns, id),
-            namespace: ns.to_owned(),
-            id: id.to_owned(),
+            path: Self::path_for(state, key),
+            key: key.clone(),
         };
         if b.path.exists() {
             tracing::warn!(bundle = %b.path.display(), "replacing a stale bundle");
@@ -119,14 +111,14 @@ impl Bundle {
         Ok(())
     }
 
-    /// A bundle found on disk, as recovery finds them.
+    /// A bundle found on disk, as recovery finds them; a directory whose names are not a
+    /// namespace and a container id is no bundle of ours.
     pub fn open(path: PathBuf) -> Option<Bundle> {
-        let id = path.file_name()?.to_str()?.to_owned();
-        let namespace = path.parent()?.file_name()?.to_str()?.to_owned();
+        let id = ContainerId::new(path.file_name()?.to_str()?).ok()?;
+        let namespace = Namespace::new(path.parent()?.file_name()?.to_str()?).ok()?;
         Some(Bundle {
             path,
-            namespace,
-            id,
+            key: TaskKey { namespace, id },
         })
     }
 
@@ -183,8 +175,9 @@ impl Bundle {
         )))
     }
 
-    /// Removes the bundle. The rootfs is unmounted first; a rootfs that stays mounted is an
-    /// error, never a reason to delete through into the container's files.
+    /// Removes the bundle (blocking: unmounts and walks directories). The rootfs is
+    /// unmounted first; a rootfs that stays mounted is an error, never a reason to delete
+    /// through into the container's files, and the removal never crosses into any mount.
     pub fn remove(&self) -> Result<()> {
         let rootfs = self.rootfs();
         for _ in 0..16 {
@@ -197,12 +190,19 @@ impl Bundle {
             return Err(Error::precondition(format!(
                 "rootfs {} of task {:?} is still mounted",
                 rootfs.display(),
-                self.id
+                self.key.id
             )));
         }
-        match std::fs::remove_dir_all(&self.path) {
+        match remove_tree_on_one_fs(&self.path) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                return Err(Error::precondition(format!(
+                    "bundle {} of task {:?} has something mounted inside: {e}",
+                    self.path.display(),
+                    self.key.id
+                )))
+            }
             Err(e) => return Err(io("remove", &self.path)(e)),
         }
         // The namespace directory goes with its last bundle.
@@ -213,33 +213,80 @@ impl Bundle {
     }
 }
 
-/// Whether `path` is a mount point in this mount namespace.
+/// Whether `path` is the root of a mount, as the kernel says (statx's mount-root
+/// attribute), whatever way the path is spelt.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == want)
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    match statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(st) => {
+            let known = st.stx_attributes_mask;
+            let attrs = st.stx_attributes;
+            if known.contains(StatxAttributes::MOUNT_ROOT) {
+                return attrs.contains(StatxAttributes::MOUNT_ROOT);
+            }
+            // Kernels before 5.8: a different device than the parent's is a mount.
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            statx(CWD, parent, AtFlags::empty(), StatxFlags::BASIC_STATS).is_ok_and(|p| {
+                (p.stx_dev_major, p.stx_dev_minor) != (st.stx_dev_major, st.stx_dev_minor)
+            })
+        }
+        Err(_) => false,
+    }
 }
 
-fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+/// Removes a directory tree without following symlinks and without entering a directory
+/// on another mount (EXDEV), so a mount left inside is never emptied.
+fn remove_tree_on_one_fs(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{fstat, openat, unlinkat, AtFlags, Dir, Mode, OFlags, CWD};
+    fn clear(dir: &std::os::fd::OwnedFd, dev: u64) -> std::io::Result<()> {
+        let mut names = Vec::new();
+        for e in Dir::read_from(dir)? {
+            let e = e?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(std::ffi::CString::new(n).map_err(std::io::Error::other)?);
+            }
         }
+        for n in names {
+            match unlinkat(dir, n.as_c_str(), AtFlags::empty()) {
+                Ok(()) => continue,
+                Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let sub = openat(
+                dir,
+                n.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            if fstat(&sub)?.st_dev != dev || is_mount_root_fd(&sub) {
+                return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            clear(&sub, dev)?;
+            unlinkat(dir, n.as_c_str(), AtFlags::REMOVEDIR)?;
+        }
+        Ok(())
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let top = openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let dev = fstat(&top)?.st_dev;
+    clear(&top, dev)?;
+    std::fs::remove_dir(path)
+}
+
+fn is_mount_root_fd(fd: &std::os::fd::OwnedFd) -> bool {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
+    statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+        .is_ok_and(|st| st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
 #[cfg(test)]
@@ -261,8 +308,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let b = Bundle::create(
             state.path(),
-            "default",
-            "c1",
+            &TaskKey::new("default", "c1").unwrap(),
             br#"{"ociVersion":"1.0.2"}"#,
             Path::new("/usr/bin/containerd-shim-runc-v2"),
         )
@@ -275,10 +321,7 @@ mod tests {
         );
         let found = Bundle::list(state.path());
         assert_eq!(found.len(), 1);
-        assert_eq!(
-            (found[0].namespace.as_str(), found[0].id.as_str()),
-            ("default", "c1")
-        );
+        assert_eq!(found[0].key.to_string(), "default/c1");
         b.remove().unwrap();
         assert!(!state.path().join(TASK_DIR).join("default").exists());
     }
@@ -287,14 +330,39 @@ mod tests {
     fn bad_spec_leaves_nothing() {
         let state = tempfile::tempdir().unwrap();
         for spec in [&b"not json"[..], b"[1]"] {
-            let e = Bundle::create(state.path(), "ns", "c1", spec, Path::new("/x")).unwrap_err();
+            let key = TaskKey::new("ns", "c1").unwrap();
+            let e = Bundle::create(state.path(), &key, spec, Path::new("/x")).unwrap_err();
             assert!(e.to_string().contains("\"c1\""), "{e}");
+            assert!(!Bundle::path_for(state.path(), &key).exists());
         }
-        assert!(!Bundle::path_for(state.path(), "ns", "c1").exists());
     }
 
     #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+    fn mount_points_are_known_by_identity_not_by_spelling() {
+        assert!(is_mount_point(Path::new("/proc")));
+        assert!(is_mount_point(Path::new("/proc/../proc")));
+        let d = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(d.path()));
+    }
+
+    #[test]
+    fn root_removal_never_enters_another_mount() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root to mount"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("b");
+        let inner = bundle.join("rootfs/mnt");
+        std::fs::create_dir_all(&inner).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), b"keep").unwrap();
+        rustix::mount::mount_bind(outside.path(), &inner).unwrap();
+        let e = remove_tree_on_one_fs(&bundle).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        assert!(outside.path().join("precious").exists());
+        rustix::mount::unmount(&inner, rustix::mount::UnmountFlags::DETACH).unwrap();
+        remove_tree_on_one_fs(&bundle).unwrap();
+        assert!(!bundle.exists());
     }
 }

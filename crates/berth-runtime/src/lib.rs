@@ -3,11 +3,13 @@
 //! of live tasks, notices shims that die, and finds running shims again after a restart.
 
 pub mod bundle;
+pub mod client;
 pub mod error;
 pub mod manager;
 pub mod shim;
 pub mod task;
 
+pub use client::{ShimLauncher, TaskClient};
 pub use error::{Error, Result};
-pub use manager::{CreateTask, EventSink, ManagerConfig, ShimManager, Task};
-pub use task::{Exit, ProcessState, Stdio, TaskStatus};
+pub use manager::{CreateTask, ManagerConfig, ShimManager, Task};
+pub use task::{Exit, ProcessState, Stdio, TaskKey, TaskStatus};

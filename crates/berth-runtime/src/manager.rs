@@ -1,37 +1,37 @@
 //! The book of tasks: creating a task (bundle, shim start, ttrpc Create) and undoing every
-//! step when one fails, deleting it, noticing a shim that dies (its pidfd becomes readable)
-//! and cleaning up after it, and recovering the shims that outlived a previous berthd.
+//! step when one fails, deleting it, noticing a shim that dies and cleaning up after it,
+//! and recovering the shims that outlived a previous berthd.
+//!
+//! Creation runs to its end on its own tokio task, whatever happens to the request that
+//! asked for it: a client that gives up (the kubelet times out and retries as a matter of
+//! course) leaves a task nobody waits for, which is then removed again, and a retry of the
+//! same task waits for that removal instead of tripping over half of it.
 
-use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_core::containers::AnyValue;
+use berth_core::events::{Event, EventBus};
 use berth_core::metadata::Timestamp;
 use berth_core::mount::Mount;
-use containerd_shim_protos::events::task as ev;
-use containerd_shim_protos::protobuf::Message;
-use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::bundle::Bundle;
+use crate::client::{ShimLauncher, TaskClient};
 use crate::error::{Error, Result};
-use crate::shim::{resolve_binary, Bootstrap, ShimClient};
-use crate::task::{time_to_wire, Exit, ProcessState, Stdio, TaskStatus};
+use crate::shim::{resolve_binary, Bootstrap};
+use crate::task::{Exit, ProcessState, Stdio, TaskKey, TaskStatus};
 
-/// Where task events berth itself raises go (the daemon's event bus).
-pub trait EventSink: Send + Sync {
-    fn publish(&self, namespace: &str, topic: &str, event: AnyValue);
-}
+/// How long a create waits for another create of the same task to finish.
+const CREATE_WAIT: Duration = Duration::from_secs(60);
 
 /// Everything needed to create a task.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CreateTask {
-    pub namespace: String,
-    pub id: String,
+    pub key: TaskKey,
     /// Runtime name such as `io.containerd.runc.v2`, or an absolute shim path.
     pub runtime: String,
     /// A shim binary the client asked for explicitly, overriding the runtime name.
@@ -58,11 +58,10 @@ pub struct ManagerConfig {
 /// A task: its bundle and the shim that owns it. Once the shim is gone, `dead` holds how the
 /// task ended and the task stays listed as stopped until it is deleted.
 pub struct Task {
-    pub namespace: String,
-    pub id: String,
+    pub key: TaskKey,
     pub bundle: Bundle,
     pub pid: u32,
-    shim: Option<ShimClient>,
+    shim: Option<Arc<dyn TaskClient>>,
     shim_pid: u32,
     bootstrap: Bootstrap,
     dead: watch::Sender<Option<Exit>>,
@@ -72,25 +71,29 @@ pub struct Task {
 
 impl Drop for Task {
     fn drop(&mut self) {
-        if let Some(h) = self.log.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = lock(&self.log).take() {
             h.abort();
         }
     }
 }
 
 impl Task {
+    pub fn id(&self) -> &str {
+        self.key.id.as_str()
+    }
+
     /// How the task ended, if its shim is gone.
     pub fn dead_exit(&self) -> Option<Exit> {
         *self.dead.borrow()
     }
 
     /// The shim, for calls that need a live one.
-    pub fn shim(&self) -> Result<&ShimClient> {
+    pub fn shim(&self) -> Result<Arc<dyn TaskClient>> {
         match (&self.shim, self.dead_exit()) {
-            (Some(s), None) => Ok(s),
+            (Some(s), None) => Ok(s.clone()),
             _ => Err(Error::precondition(format!(
                 "task {:?} is stopped: its shim has exited",
-                self.id
+                self.key.id
             ))),
         }
     }
@@ -100,11 +103,11 @@ impl Task {
             if !exec_id.is_empty() {
                 return Err(Error::not_found(format!(
                     "process {exec_id:?} of task {:?}",
-                    self.id
+                    self.key.id
                 )));
             }
             return Ok(ProcessState {
-                container_id: self.id.clone(),
+                container_id: self.id().to_owned(),
                 exec_id: String::new(),
                 pid: self.pid,
                 status: TaskStatus::Stopped,
@@ -124,16 +127,17 @@ impl Task {
                 return Ok(e);
             }
         }
-        let shim = self.shim()?.clone();
+        let shim = self.shim()?;
         let mut dead = self.dead.subscribe();
         let died = async move {
-            loop {
-                if let Some(e) = *dead.borrow_and_update() {
-                    return e;
-                }
-                if dead.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
+            let exit = dead.wait_for(Option::is_some).await.map(|e| *e);
+            match exit {
+                Ok(e) => e.unwrap_or(Exit {
+                    pid: 0,
+                    status: 255,
+                    at: Timestamp::now(),
+                }),
+                Err(_) => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -141,11 +145,13 @@ impl Task {
                 Err(Error::ShimUnavailable { .. }) if exec_id.is_empty() => {
                     // The shim went away: its cleanup reports the exit shortly.
                     let mut dead = self.dead.subscribe();
+                    let unavailable = |reason: &str| Error::ShimUnavailable { id: self.id().to_owned(), reason: reason.into() };
                     let e = tokio::time::timeout(Duration::from_secs(40), dead.wait_for(Option::is_some))
                         .await
-                        .map_err(|_| Error::ShimUnavailable { id: self.id.clone(), reason: "shim died and its cleanup did not finish".into() })?
-                        .map_err(|_| Error::ShimUnavailable { id: self.id.clone(), reason: "task was removed".into() })?;
-                    Ok(e.expect("waited for some"))
+                        .map_err(|_| unavailable("shim died and its cleanup did not finish"))?
+                        .map(|e| *e)
+                        .map_err(|_| unavailable("task was removed"))?;
+                    e.ok_or_else(|| unavailable("task was removed"))
                 }
                 r => r,
             },
@@ -156,20 +162,25 @@ impl Task {
 
 pub struct ShimManager {
     cfg: ManagerConfig,
-    tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
-    creating: Mutex<HashSet<(String, String)>>,
-    events: Arc<dyn EventSink>,
+    launcher: Arc<dyn ShimLauncher>,
+    tasks: Mutex<HashMap<TaskKey, Arc<Task>>>,
+    /// Creates in progress; the receiver turns true when one has finished either way.
+    creating: Mutex<HashMap<TaskKey, watch::Receiver<bool>>>,
+    events: EventBus,
 }
 
-/// Frees a create reservation however the create ends.
-struct Reservation<'a> {
-    m: &'a ShimManager,
-    key: (String, String),
+/// A create in progress. Dropped when the create has finished (and, if abandoned, been
+/// undone): it leaves the map and wakes whoever waits on the same task.
+struct Reservation {
+    m: Arc<ShimManager>,
+    key: TaskKey,
+    done: watch::Sender<bool>,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         lock(&self.m.creating).remove(&self.key);
+        let _ = self.done.send(true);
     }
 }
 
@@ -177,12 +188,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn already_exists(key: &TaskKey) -> Error {
+    Error::Core(berth_core::Error::AlreadyExists(format!(
+        "task {:?} in namespace {:?}",
+        key.id, key.namespace
+    )))
+}
+
 impl ShimManager {
-    pub fn new(cfg: ManagerConfig, events: Arc<dyn EventSink>) -> Arc<Self> {
+    pub fn new(cfg: ManagerConfig, launcher: Arc<dyn ShimLauncher>, events: EventBus) -> Arc<Self> {
         Arc::new(ShimManager {
             cfg,
+            launcher,
             tasks: Mutex::new(HashMap::new()),
-            creating: Mutex::new(HashSet::new()),
+            creating: Mutex::new(HashMap::new()),
             events,
         })
     }
@@ -197,98 +216,132 @@ impl ShimManager {
         }
     }
 
-    fn reserve(&self, ns: &str, id: &str) -> Result<Reservation<'_>> {
-        let key = (ns.to_owned(), id.to_owned());
-        let exists = || {
-            Error::Core(berth_core::Error::AlreadyExists(format!(
-                "task {id:?} in namespace {ns:?}"
-            )))
-        };
-        if lock(&self.tasks).contains_key(&key) {
-            return Err(exists());
+    /// Claims the right to create `key`. A create of the same task still running (or being
+    /// undone after its client gave up) is waited for; a task that exists is refused.
+    async fn reserve(self: &Arc<Self>, key: &TaskKey) -> Result<Reservation> {
+        loop {
+            let mut other = {
+                if lock(&self.tasks).contains_key(key) {
+                    return Err(already_exists(key));
+                }
+                let mut creating = lock(&self.creating);
+                match creating.get(key) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        let (done, rx) = watch::channel(false);
+                        creating.insert(key.clone(), rx);
+                        return Ok(Reservation {
+                            m: self.clone(),
+                            key: key.clone(),
+                            done,
+                        });
+                    }
+                }
+            };
+            tokio::time::timeout(CREATE_WAIT, other.wait_for(|d| *d))
+                .await
+                .map_err(|_| {
+                    Error::Core(berth_core::Error::Unavailable(format!(
+                        "task {:?} in namespace {:?} is still being created by another request",
+                        key.id, key.namespace
+                    )))
+                })?
+                .ok();
         }
-        if !lock(&self.creating).insert(key.clone()) {
-            return Err(exists());
-        }
-        Ok(Reservation { m: self, key })
     }
 
-    pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
-        lock(&self.tasks)
-            .get(&(ns.to_owned(), id.to_owned()))
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("task {id:?} in namespace {ns:?}")))
+    pub fn get(&self, key: &TaskKey) -> Result<Arc<Task>> {
+        lock(&self.tasks).get(key).cloned().ok_or_else(|| {
+            Error::not_found(format!(
+                "task {:?} in namespace {:?}",
+                key.id, key.namespace
+            ))
+        })
     }
 
-    pub fn list(&self, ns: &str) -> Vec<Arc<Task>> {
+    pub fn list(&self, ns: &berth_core::Namespace) -> Vec<Arc<Task>> {
         let mut v: Vec<_> = lock(&self.tasks)
             .values()
-            .filter(|t| t.namespace == ns)
+            .filter(|t| t.key.namespace == *ns)
             .cloned()
             .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.sort_by(|a, b| a.key.id.cmp(&b.key.id));
         v
     }
 
     /// Creates a task: bundle, shim, ttrpc Create. Any failure undoes what was done, so no
-    /// bundle, mount or shim is left behind, and the shim's own message is returned.
+    /// bundle, mount or shim is left behind, and the shim's own message is returned. The
+    /// work goes on if the caller is dropped; a task nobody received is removed again.
     pub async fn create(self: &Arc<Self>, req: CreateTask) -> Result<Arc<Task>> {
-        let _r = self.reserve(&req.namespace, &req.id)?;
+        let reservation = self.reserve(&req.key).await?;
+        let (tx, rx) = oneshot::channel();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _reservation = reservation;
+            match me.build(req).await {
+                Ok(task) => {
+                    lock(&me.tasks).insert(task.key.clone(), task.clone());
+                    me.watch(task.clone());
+                    if let Err(Ok(task)) = tx.send(Ok(task)) {
+                        tracing::warn!(task = %task.key, "the client gave up on creating this task; removing it");
+                        me.abandon(&task).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        rx.await.map_err(|_| {
+            Error::Core(berth_core::Error::Unavailable(
+                "task creation was interrupted".into(),
+            ))
+        })?
+    }
+
+    /// The steps of a create, each undone if a later one fails.
+    async fn build(&self, req: CreateTask) -> Result<Arc<Task>> {
         let binary = match &req.runtime_path {
             Some(p) => resolve_binary(&p.to_string_lossy(), &HashMap::new())?,
             None => resolve_binary(&req.runtime, &self.cfg.runtimes)?,
         };
-        let (state, ns, id, spec) = (
+        let (state, key, spec, b2) = (
             self.cfg.state.clone(),
-            req.namespace.clone(),
-            req.id.clone(),
+            req.key.clone(),
             req.spec.clone(),
+            binary.clone(),
         );
-        let b2 = binary.clone();
-        let bundle =
-            tokio::task::spawn_blocking(move || Bundle::create(&state, &ns, &id, &spec, &b2))
-                .await
-                .expect("bundle writer panicked")?;
+        let bundle = tokio::task::spawn_blocking(move || Bundle::create(&state, &key, &spec, &b2))
+            .await
+            .map_err(|e| Error::precondition(format!("bundle writer failed: {e}")))??;
         let bootstrap = self.bootstrap(binary);
         let log = spawn_log_reader(&bundle);
         let options = req.task_options.as_ref().or(req.runtime_options.as_ref());
-        let undo = |shim: Option<ShimClient>| {
-            let (bootstrap, bundle) = (bootstrap.clone(), bundle.clone());
-            async move {
-                if let Some(s) = shim {
-                    let _ = s.shutdown().await;
+        let built = async {
+            let address = self.launcher.start(&bootstrap, &bundle, options).await?;
+            let shim = match self.launcher.connect(&address, &req.key).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.cleanup_after_failure(&bootstrap, &bundle, None).await;
+                    return Err(e);
                 }
-                if let Err(e) = bootstrap.delete(&bundle).await {
-                    tracing::debug!(task = %bundle.id, "shim cleanup after failed create: {e}");
+            };
+            let pid = match shim.create(&bundle, &req.rootfs, &req.stdio, options).await {
+                Ok(pid) => pid,
+                Err(e) => {
+                    self.cleanup_after_failure(&bootstrap, &bundle, Some(&shim))
+                        .await;
+                    return Err(e);
                 }
-                if let Err(e) = bundle.remove() {
-                    tracing::warn!(task = %bundle.id, "remove bundle after failed create: {e}");
-                }
-            }
-        };
-        let address = match bootstrap.start(&bundle, options).await {
-            Ok(a) => a,
+            };
+            Ok((shim, pid))
+        }
+        .await;
+        let (shim, pid) = match built {
+            Ok(v) => v,
             Err(e) => {
                 log.abort();
-                if let Err(e) = bundle.remove() {
-                    tracing::warn!(task = %bundle.id, "remove bundle after failed start: {e}");
-                }
-                return Err(e);
-            }
-        };
-        let shim = match ShimClient::connect(&address, &req.namespace, &req.id).await {
-            Ok(s) => s,
-            Err(e) => {
-                undo(None).await;
-                log.abort();
-                return Err(e);
-            }
-        };
-        let pid = match shim.create(&bundle, &req.rootfs, &req.stdio, options).await {
-            Ok(pid) => pid,
-            Err(e) => {
-                undo(Some(shim)).await;
-                log.abort();
+                remove_bundle(&bundle).await;
                 return Err(e);
             }
         };
@@ -297,9 +350,8 @@ impl ShimManager {
             Err(_) => bundle.shim_pid().map_or(0, |p| p as u32),
         };
         bundle.record_shim_pid(shim_pid);
-        let task = Arc::new(Task {
-            namespace: req.namespace.clone(),
-            id: req.id.clone(),
+        Ok(Arc::new(Task {
+            key: req.key,
             bundle,
             pid,
             shim: Some(shim),
@@ -308,52 +360,84 @@ impl ShimManager {
             dead: watch::channel(None).0,
             closing: AtomicBool::new(false),
             log: Mutex::new(Some(log)),
-        });
-        lock(&self.tasks).insert((req.namespace, req.id), task.clone());
-        self.watch(task.clone());
-        Ok(task)
+        }))
+    }
+
+    /// After a failed create step: the shim (if reached) is told to go, and its `delete`
+    /// subcommand cleans up what the runtime made.
+    async fn cleanup_after_failure(
+        &self,
+        bootstrap: &Bootstrap,
+        bundle: &Bundle,
+        shim: Option<&Arc<dyn TaskClient>>,
+    ) {
+        if let Some(s) = shim {
+            let _ = s.shutdown().await;
+        }
+        if let Err(e) = self.launcher.cleanup(bootstrap, bundle).await {
+            tracing::debug!(task = %bundle.key, "shim cleanup after failed create: {e}");
+        }
+    }
+
+    /// Removes a task whose creator went away: its created process is deleted (killed if
+    /// need be), the shim goes, and so does the bundle.
+    async fn abandon(&self, task: &Arc<Task>) {
+        if self.delete(&task.key).await.is_ok() {
+            return;
+        }
+        if let Ok(shim) = task.shim() {
+            let _ = shim.kill("", 9, true).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), shim.wait("")).await;
+        }
+        if let Err(e) = self.delete(&task.key).await {
+            tracing::warn!(task = %task.key, "remove abandoned task: {e}");
+        }
     }
 
     /// Deletes a task: the shim deletes the init process (refusing a running one), then it is
     /// shut down and the bundle removed. A task whose shim died is simply forgotten.
-    pub async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
-        let task = self.get(ns, id)?;
-        if let Some(exit) = task.dead_exit() {
-            self.forget(&task);
-            let _ = task.bundle.remove();
-            self.publish_delete(&task, exit);
-            return Ok(exit);
-        }
-        let shim = task.shim()?.clone();
-        let exit = shim.delete("").await?;
-        task.closing.store(true, Ordering::SeqCst);
-        shim.shutdown().await?;
-        if let Some(fd) = pidfd(task.shim_pid) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), wait_readable(fd)).await;
-        }
-        self.forget(&task);
-        if let Err(e) = task.bundle.remove() {
-            tracing::warn!(task = %id, "remove bundle: {e}");
-        }
+    pub async fn delete(&self, key: &TaskKey) -> Result<Exit> {
+        let task = self.get(key)?;
+        let exit = match task.dead_exit() {
+            Some(exit) => {
+                // The shim is gone, so berth reports the delete it cannot.
+                self.forget(&task);
+                remove_bundle(&task.bundle).await;
+                self.publish_delete(&task, exit);
+                exit
+            }
+            None => {
+                let shim = task.shim()?;
+                let exit = shim.delete("").await?;
+                task.closing.store(true, Ordering::SeqCst);
+                shim.shutdown().await?;
+                if let Some(gone) = self.launcher.exited(task.shim_pid) {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), gone).await;
+                }
+                self.forget(&task);
+                remove_bundle(&task.bundle).await;
+                exit
+            }
+        };
         Ok(exit)
     }
 
     fn forget(&self, task: &Task) {
-        lock(&self.tasks).remove(&(task.namespace.clone(), task.id.clone()));
+        lock(&self.tasks).remove(&task.key);
         if let Some(h) = lock(&task.log).take() {
             h.abort();
         }
     }
 
-    /// Watches the shim's pidfd; when the shim exits while its task is still ours, cleans up.
+    /// Watches the shim process; when it exits while its task is still ours, cleans up.
     fn watch(self: &Arc<Self>, task: Arc<Task>) {
-        let Some(fd) = pidfd(task.shim_pid) else {
-            tracing::warn!(task = %task.id, shim_pid = task.shim_pid, "cannot watch shim");
+        let Some(gone) = self.launcher.exited(task.shim_pid) else {
+            tracing::warn!(task = %task.key, shim_pid = task.shim_pid, "cannot watch shim");
             return;
         };
         let m = Arc::downgrade(self);
         tokio::spawn(async move {
-            wait_readable(fd).await;
+            gone.await;
             if task.closing.load(Ordering::SeqCst) {
                 return;
             }
@@ -364,7 +448,7 @@ impl ShimManager {
     }
 
     async fn on_shim_death(&self, task: &Task) {
-        tracing::warn!(task = %task.id, ns = %task.namespace, shim_pid = task.shim_pid, "shim died; cleaning up");
+        tracing::warn!(task = %task.key, shim_pid = task.shim_pid, "shim died; cleaning up");
         let exit = self
             .cleanup_dead(&task.bootstrap, &task.bundle, task.pid)
             .await;
@@ -372,19 +456,19 @@ impl ShimManager {
         if let Some(h) = lock(&task.log).take() {
             h.abort();
         }
-        self.publish_exit(&task.namespace, &task.id, exit);
+        self.publish_exit(&task.key, exit);
     }
 
     /// The shim's `delete` subcommand (kills what is left, unmounts the rootfs), then the
     /// bundle goes. Returns the exit to report.
     async fn cleanup_dead(&self, bootstrap: &Bootstrap, bundle: &Bundle, pid: u32) -> Exit {
-        let exit = match bootstrap.delete(bundle).await {
+        let exit = match self.launcher.cleanup(bootstrap, bundle).await {
             Ok(e) => Exit {
                 pid: if e.pid == 0 { pid } else { e.pid },
                 ..e
             },
             Err(e) => {
-                tracing::warn!(task = %bundle.id, "shim delete: {e}");
+                tracing::warn!(task = %bundle.key, "shim delete: {e}");
                 Exit {
                     pid,
                     status: 255,
@@ -392,45 +476,32 @@ impl ShimManager {
                 }
             }
         };
-        if let Err(e) = bundle.remove() {
-            tracing::warn!(task = %bundle.id, "remove bundle of dead shim: {e}");
-        }
+        remove_bundle(bundle).await;
         exit
     }
 
-    fn publish_exit(&self, ns: &str, id: &str, exit: Exit) {
-        let e = ev::TaskExit {
-            container_id: id.to_owned(),
-            id: id.to_owned(),
-            pid: exit.pid,
-            exit_status: exit.status,
-            exited_at: time_to_wire(exit.at),
-            ..Default::default()
-        };
+    fn publish_exit(&self, key: &TaskKey, exit: Exit) {
         self.events.publish(
-            ns,
-            "/tasks/exit",
-            AnyValue {
-                type_url: "containerd.events.TaskExit".into(),
-                value: e.write_to_bytes().unwrap_or_default(),
+            &key.namespace,
+            Event::TaskExit {
+                container_id: key.id.to_string(),
+                id: key.id.to_string(),
+                pid: exit.pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.at),
             },
         );
     }
 
     fn publish_delete(&self, task: &Task, exit: Exit) {
-        let e = ev::TaskDelete {
-            container_id: task.id.clone(),
-            pid: exit.pid,
-            exit_status: exit.status,
-            exited_at: time_to_wire(exit.at),
-            ..Default::default()
-        };
         self.events.publish(
-            &task.namespace,
-            "/tasks/delete",
-            AnyValue {
-                type_url: "containerd.events.TaskDelete".into(),
-                value: e.write_to_bytes().unwrap_or_default(),
+            &task.key.namespace,
+            Event::TaskDelete {
+                container_id: task.key.id.to_string(),
+                pid: exit.pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.at),
+                id: String::new(),
             },
         );
     }
@@ -445,29 +516,28 @@ impl ShimManager {
         for bundle in bundles {
             let Some(binary) = bundle.shim_binary() else {
                 tracing::warn!(bundle = %bundle.path.display(), "bundle without a shim record; removing");
-                let _ = bundle.remove();
+                remove_bundle(&bundle).await;
                 continue;
             };
             let bootstrap = self.bootstrap(binary);
             let live = match bundle.shim_address() {
-                Some(a) => match ShimClient::connect(&a, &bundle.namespace, &bundle.id).await {
+                Some(a) => match self.launcher.connect(&a, &bundle.key).await {
                     Ok(c) => c.connect_info().await.map(|(s, t)| (c, s, t)),
                     Err(e) => Err(e),
                 },
                 None => Err(Error::ShimUnavailable {
-                    id: bundle.id.clone(),
+                    id: bundle.key.id.to_string(),
                     reason: "no address recorded".into(),
                 }),
             };
-            let key = (bundle.namespace.clone(), bundle.id.clone());
+            let key = bundle.key.clone();
             match live {
                 Ok((client, shim_pid, task_pid)) => {
-                    tracing::info!(task = %bundle.id, ns = %bundle.namespace, shim_pid, "reconnected to shim");
+                    tracing::info!(task = %key, shim_pid, "reconnected to shim");
                     bundle.record_shim_pid(shim_pid);
                     let log = spawn_log_reader(&bundle);
                     let task = Arc::new(Task {
-                        namespace: bundle.namespace.clone(),
-                        id: bundle.id.clone(),
+                        key: key.clone(),
                         bundle,
                         pid: task_pid,
                         shim: Some(client),
@@ -481,12 +551,11 @@ impl ShimManager {
                     self.watch(task);
                 }
                 Err(e) => {
-                    tracing::warn!(task = %bundle.id, ns = %bundle.namespace, "shim is gone ({e}); cleaning up");
+                    tracing::warn!(task = %key, "shim is gone ({e}); cleaning up");
                     let exit = self.cleanup_dead(&bootstrap, &bundle, 0).await;
-                    self.publish_exit(&bundle.namespace, &bundle.id, exit);
+                    self.publish_exit(&key, exit);
                     let task = Arc::new(Task {
-                        namespace: bundle.namespace.clone(),
-                        id: bundle.id.clone(),
+                        key: key.clone(),
                         pid: exit.pid,
                         bundle,
                         shim: None,
@@ -503,23 +572,13 @@ impl ShimManager {
     }
 }
 
-fn pidfd(pid: u32) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK).ok()
-}
-
-/// Resolves when the process behind the pidfd has exited.
-async fn wait_readable(fd: OwnedFd) {
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
-    // descriptor stays open and the same for the registration's whole life.
-    match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-        Ok(a) => {
-            let _ = a.readable().await;
-        }
-        Err(e) => {
-            tracing::warn!("watch pidfd: {e}");
-            std::future::pending::<()>().await;
-        }
+/// Removes a bundle off the reactor (it unmounts and walks directories).
+async fn remove_bundle(bundle: &Bundle) {
+    let b = bundle.clone();
+    match tokio::task::spawn_blocking(move || b.remove()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(task = %bundle.key, "remove bundle: {e}"),
+        Err(e) => tracing::warn!(task = %bundle.key, "remove bundle: {e}"),
     }
 }
 
@@ -527,7 +586,7 @@ async fn wait_readable(fd: OwnedFd) {
 /// read-write so the shim never sees a closed reader; the reader is aborted with the task.
 fn spawn_log_reader(bundle: &Bundle) -> tokio::task::JoinHandle<()> {
     let path = bundle.log_fifo();
-    let id = bundle.id.clone();
+    let key = bundle.key.clone();
     tokio::spawn(async move {
         use tokio::io::AsyncBufReadExt;
         let rx = match tokio::net::unix::pipe::OpenOptions::new()
@@ -536,13 +595,285 @@ fn spawn_log_reader(bundle: &Bundle) -> tokio::task::JoinHandle<()> {
         {
             Ok(rx) => rx,
             Err(e) => {
-                tracing::debug!(task = %id, "shim log {}: {e}", path.display());
+                tracing::debug!(task = %key, "shim log {}: {e}", path.display());
                 return;
             }
         };
         let mut lines = tokio::io::BufReader::new(rx).lines();
         while let Ok(Some(l)) = lines.next_line().await {
-            tracing::debug!(target: "shim", task = %id, "{l}");
+            tracing::debug!(target: "shim", task = %key, "{l}");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use tokio::sync::Notify;
+
+    /// A shim that records what it was asked, can hold Create until told, and dies on cue.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        hold_create: Mutex<Option<Arc<Notify>>>,
+        fail_create: AtomicBool,
+        deaths: Mutex<HashMap<u32, watch::Sender<bool>>>,
+    }
+
+    impl Fake {
+        fn record(&self, c: impl Into<String>) {
+            lock(&self.calls).push(c.into());
+        }
+        fn calls(&self) -> Vec<String> {
+            lock(&self.calls).clone()
+        }
+        fn kill_shim(&self, pid: u32) {
+            lock(&self.deaths)
+                .entry(pid)
+                .or_insert_with(|| watch::channel(false).0)
+                .send_replace(true);
+        }
+    }
+
+    struct FakeClient(Arc<Fake>, String);
+
+    #[async_trait::async_trait]
+    impl TaskClient for FakeClient {
+        async fn create(
+            &self,
+            _: &Bundle,
+            _: &[Mount],
+            _: &Stdio,
+            _: Option<&AnyValue>,
+        ) -> Result<u32> {
+            self.0.record(format!("create {}", self.1));
+            let hold = lock(&self.0.hold_create).clone();
+            if let Some(n) = hold {
+                n.notified().await;
+            }
+            if self.0.fail_create.load(Ordering::SeqCst) {
+                return Err(Error::Shim {
+                    code: 2,
+                    message: "OCI runtime create failed: no such file".into(),
+                });
+            }
+            Ok(4242)
+        }
+        async fn start(&self, _: &str) -> Result<u32> {
+            Ok(4242)
+        }
+        async fn delete(&self, _: &str) -> Result<Exit> {
+            self.0.record(format!("delete {}", self.1));
+            Ok(Exit {
+                pid: 4242,
+                status: 0,
+                at: Timestamp::now(),
+            })
+        }
+        async fn state(&self, _: &str) -> Result<ProcessState> {
+            Ok(ProcessState::unknown(&self.1, 4242))
+        }
+        async fn wait(&self, _: &str) -> Result<Exit> {
+            std::future::pending().await
+        }
+        async fn kill(&self, _: &str, _: u32, _: bool) -> Result<()> {
+            self.0.record(format!("kill {}", self.1));
+            Ok(())
+        }
+        async fn exec(&self, _: &str, _: &Stdio, _: &AnyValue) -> Result<()> {
+            Ok(())
+        }
+        async fn resize_pty(&self, _: &str, _: u32, _: u32) -> Result<()> {
+            Ok(())
+        }
+        async fn close_io(&self, _: &str, _: bool) -> Result<()> {
+            Ok(())
+        }
+        async fn pause(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn resume(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn pids(&self) -> Result<Vec<(u32, Option<AnyValue>)>> {
+            Ok(vec![])
+        }
+        async fn update(&self, _: Option<&AnyValue>, _: HashMap<String, String>) -> Result<()> {
+            Ok(())
+        }
+        async fn stats(&self) -> Result<Option<AnyValue>> {
+            Ok(None)
+        }
+        async fn connect_info(&self) -> Result<(u32, u32)> {
+            Ok((7, 4242))
+        }
+        async fn shutdown(&self) -> Result<()> {
+            self.0.record(format!("shutdown {}", self.1));
+            self.0.kill_shim(7);
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ShimLauncher for Arc<Fake> {
+        async fn start(&self, _: &Bootstrap, b: &Bundle, _: Option<&AnyValue>) -> Result<String> {
+            self.record(format!("start {}", b.key.id));
+            Ok(format!("unix:///fake/{}", b.key.id))
+        }
+        async fn connect(&self, _: &str, key: &TaskKey) -> Result<Arc<dyn TaskClient>> {
+            Ok(Arc::new(FakeClient(self.clone(), key.id.to_string())))
+        }
+        async fn cleanup(&self, _: &Bootstrap, b: &Bundle) -> Result<Exit> {
+            self.record(format!("cleanup {}", b.key.id));
+            Ok(Exit {
+                pid: 4242,
+                status: 137,
+                at: Timestamp::now(),
+            })
+        }
+        fn exited(&self, pid: u32) -> Option<BoxFuture<'static, ()>> {
+            let mut rx = lock(&self.deaths)
+                .entry(pid)
+                .or_insert_with(|| watch::channel(false).0)
+                .subscribe();
+            Some(
+                async move {
+                    let _ = rx.wait_for(|dead| *dead).await;
+                }
+                .boxed(),
+            )
+        }
+    }
+
+    fn manager(state: &std::path::Path) -> (Arc<ShimManager>, Arc<Fake>, EventBus) {
+        let fake = Arc::new(Fake::default());
+        let bus = EventBus::default();
+        let m = ShimManager::new(
+            ManagerConfig {
+                state: state.to_owned(),
+                daemon_address: "/x.sock".into(),
+                ttrpc_address: "/x.sock.ttrpc".into(),
+                publish_binary: "/bin/true".into(),
+                runtimes: HashMap::new(),
+                debug: false,
+            },
+            Arc::new(fake.clone()),
+            bus.clone(),
+        );
+        (m, fake, bus)
+    }
+
+    fn req(id: &str) -> CreateTask {
+        CreateTask {
+            key: TaskKey::new("default", id).unwrap(),
+            runtime: "io.containerd.runc.v2".into(),
+            runtime_path: Some("/bin/true".into()),
+            runtime_options: None,
+            task_options: None,
+            spec: br#"{"ociVersion":"1.0.2"}"#.to_vec(),
+            rootfs: vec![],
+            stdio: Stdio::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_then_delete_leaves_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let (m, fake, _) = manager(state.path());
+        let t = m.create(req("c1")).await.unwrap();
+        assert_eq!(t.pid, 4242);
+        assert!(t.bundle.path.is_dir());
+        let e = m.create(req("c1")).await.err().unwrap();
+        assert_eq!(e.kind(), berth_core::ErrorKind::AlreadyExists);
+        m.delete(&t.key).await.unwrap();
+        assert!(m.get(&t.key).is_err());
+        assert!(!t.bundle.path.exists());
+        assert_eq!(
+            fake.calls(),
+            ["start c1", "create c1", "delete c1", "shutdown c1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_undone_and_names_the_runtime_error() {
+        let state = tempfile::tempdir().unwrap();
+        let (m, fake, _) = manager(state.path());
+        fake.fail_create.store(true, Ordering::SeqCst);
+        let e = m.create(req("c1")).await.err().unwrap();
+        assert!(e.to_string().contains("OCI runtime create failed"), "{e}");
+        assert!(m
+            .list(&berth_core::Namespace::new("default").unwrap())
+            .is_empty());
+        assert!(!Bundle::path_for(state.path(), &TaskKey::new("default", "c1").unwrap()).exists());
+        assert_eq!(
+            fake.calls(),
+            ["start c1", "create c1", "shutdown c1", "cleanup c1"]
+        );
+        fake.fail_create.store(false, Ordering::SeqCst);
+        m.create(req("c1")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_create_its_client_gave_up_on_is_removed_and_a_retry_succeeds() {
+        let state = tempfile::tempdir().unwrap();
+        let (m, fake, _) = manager(state.path());
+        let gate = Arc::new(Notify::new());
+        *lock(&fake.hold_create) = Some(gate.clone());
+        // The client times out while the shim is in Create.
+        let first = tokio::time::timeout(Duration::from_millis(100), m.create(req("c1"))).await;
+        assert!(first.is_err(), "the first create should still be waiting");
+        // The retry arrives while the abandoned create is still running.
+        let m2 = m.clone();
+        let retry = tokio::spawn(async move { m2.create(req("c1")).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        *lock(&fake.hold_create) = None;
+        gate.notify_waiters();
+        let t = retry.await.unwrap().unwrap();
+        assert_eq!(m.get(&t.key).unwrap().pid, 4242);
+        let calls = fake.calls();
+        // The abandoned task was created, then deleted and its shim shut down, before the
+        // retry started its own shim.
+        let pos = |c: &str| calls.iter().position(|x| x == c).unwrap();
+        assert!(
+            pos("delete c1") < calls.iter().rposition(|x| x == "start c1").unwrap(),
+            "{calls:?}"
+        );
+        assert_eq!(
+            calls.iter().filter(|c| *c == "start c1").count(),
+            2,
+            "{calls:?}"
+        );
+        assert!(t.bundle.path.is_dir(), "the retry's bundle is there");
+    }
+
+    #[tokio::test]
+    async fn a_dead_shim_is_cleaned_up_and_its_exit_published() {
+        let state = tempfile::tempdir().unwrap();
+        let (m, fake, bus) = manager(state.path());
+        let mut events = bus.subscribe();
+        let t = m.create(req("c1")).await.unwrap();
+        fake.kill_shim(7);
+        let exit = tokio::time::timeout(Duration::from_secs(5), t.wait(""))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.status, 137);
+        let env = events.recv().await.unwrap();
+        assert_eq!(env.topic, "/tasks/exit");
+        assert!(matches!(
+            env.event,
+            Event::TaskExit {
+                exit_status: 137,
+                ..
+            }
+        ));
+        assert_eq!(t.state("").await.unwrap().status, TaskStatus::Stopped);
+        assert!(t.shim().is_err());
+        assert!(fake.calls().contains(&"cleanup c1".to_owned()));
+        m.delete(&t.key).await.unwrap();
+        let env = events.recv().await.unwrap();
+        assert_eq!(env.topic, "/tasks/delete");
+    }
 }

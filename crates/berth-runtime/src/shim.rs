@@ -16,9 +16,14 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any as PbAny;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use tokio::io::AsyncWriteExt;
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
 use crate::bundle::Bundle;
+use crate::client::{ShimLauncher, TaskClient};
 use crate::error::{Error, Result};
-use crate::task::{time_from_wire, Exit, ProcessState, Stdio, TaskStatus};
+use crate::task::{time_from_wire, Exit, ProcessState, Stdio, TaskKey, TaskStatus};
 
 /// The task service every shim v2 serves (containerd 1.x shims serve only this version).
 pub const TASK_SERVICE: &str = "containerd.task.v2.Task";
@@ -98,13 +103,13 @@ impl Bootstrap {
     fn command(&self, bundle: &Bundle) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.binary);
         c.arg("-namespace")
-            .arg(&bundle.namespace)
+            .arg(bundle.key.namespace.as_str())
             .arg("-address")
             .arg(&self.daemon_address)
             .arg("-publish-binary")
             .arg(&self.publish_binary)
             .arg("-id")
-            .arg(&bundle.id);
+            .arg(bundle.key.id.as_str());
         if self.debug {
             c.arg("-debug");
         }
@@ -212,7 +217,8 @@ pub struct ShimClient {
 }
 
 impl ShimClient {
-    pub async fn connect(address: &str, namespace: &str, id: &str) -> Result<ShimClient> {
+    pub async fn connect(address: &str, key: &TaskKey) -> Result<ShimClient> {
+        let (namespace, id) = (key.namespace.as_str(), key.id.as_str());
         let client = tokio::time::timeout(
             Duration::from_secs(10),
             ttrpc::asynchronous::Client::connect(address),
@@ -270,8 +276,11 @@ impl ShimClient {
             reason: format!("decode {method} answer: {e}"),
         })
     }
+}
 
-    pub async fn create(
+#[async_trait::async_trait]
+impl TaskClient for ShimClient {
+    async fn create(
         &self,
         bundle: &Bundle,
         rootfs: &[Mount],
@@ -302,7 +311,7 @@ impl ShimClient {
         Ok(r.pid)
     }
 
-    pub async fn start(&self, exec_id: &str) -> Result<u32> {
+    async fn start(&self, exec_id: &str) -> Result<u32> {
         let req = api::StartRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -312,7 +321,7 @@ impl ShimClient {
         Ok(r.pid)
     }
 
-    pub async fn delete(&self, exec_id: &str) -> Result<Exit> {
+    async fn delete(&self, exec_id: &str) -> Result<Exit> {
         let req = api::DeleteRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -326,7 +335,7 @@ impl ShimClient {
         })
     }
 
-    pub async fn state(&self, exec_id: &str) -> Result<ProcessState> {
+    async fn state(&self, exec_id: &str) -> Result<ProcessState> {
         let req = api::StateRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -351,7 +360,7 @@ impl ShimClient {
         })
     }
 
-    pub async fn wait(&self, exec_id: &str) -> Result<Exit> {
+    async fn wait(&self, exec_id: &str) -> Result<Exit> {
         let req = api::WaitRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -365,7 +374,7 @@ impl ShimClient {
         })
     }
 
-    pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let req = api::KillRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -377,7 +386,7 @@ impl ShimClient {
         Ok(())
     }
 
-    pub async fn exec(&self, exec_id: &str, stdio: &Stdio, spec: &AnyValue) -> Result<()> {
+    async fn exec(&self, exec_id: &str, stdio: &Stdio, spec: &AnyValue) -> Result<()> {
         let req = api::ExecProcessRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -392,7 +401,7 @@ impl ShimClient {
         Ok(())
     }
 
-    pub async fn resize_pty(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
+    async fn resize_pty(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let req = api::ResizePtyRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -404,7 +413,7 @@ impl ShimClient {
         Ok(())
     }
 
-    pub async fn close_io(&self, exec_id: &str, stdin: bool) -> Result<()> {
+    async fn close_io(&self, exec_id: &str, stdin: bool) -> Result<()> {
         let req = api::CloseIORequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
@@ -415,7 +424,7 @@ impl ShimClient {
         Ok(())
     }
 
-    pub async fn pause(&self) -> Result<()> {
+    async fn pause(&self) -> Result<()> {
         let req = api::PauseRequest {
             id: self.id.clone(),
             ..Default::default()
@@ -424,7 +433,7 @@ impl ShimClient {
         Ok(())
     }
 
-    pub async fn resume(&self) -> Result<()> {
+    async fn resume(&self) -> Result<()> {
         let req = api::ResumeRequest {
             id: self.id.clone(),
             ..Default::default()
@@ -434,7 +443,7 @@ impl ShimClient {
     }
 
     /// The task's processes: pid and, where the shim gives it, runtime-specific info.
-    pub async fn pids(&self) -> Result<Vec<(u32, Option<AnyValue>)>> {
+    async fn pids(&self) -> Result<Vec<(u32, Option<AnyValue>)>> {
         let req = api::PidsRequest {
             id: self.id.clone(),
             ..Default::default()
@@ -446,7 +455,7 @@ impl ShimClient {
             .collect())
     }
 
-    pub async fn update(
+    async fn update(
         &self,
         resources: Option<&AnyValue>,
         annotations: HashMap<String, String>,
@@ -462,7 +471,7 @@ impl ShimClient {
     }
 
     /// Cgroup statistics as the shim encodes them (cgroups v1 or v2 metrics types).
-    pub async fn stats(&self) -> Result<Option<AnyValue>> {
+    async fn stats(&self) -> Result<Option<AnyValue>> {
         let req = api::StatsRequest {
             id: self.id.clone(),
             ..Default::default()
@@ -474,7 +483,7 @@ impl ShimClient {
     }
 
     /// The shim's own pid and the task's, as a liveness check.
-    pub async fn connect_info(&self) -> Result<(u32, u32)> {
+    async fn connect_info(&self) -> Result<(u32, u32)> {
         let req = api::ConnectRequest {
             id: self.id.clone(),
             ..Default::default()
@@ -487,7 +496,7 @@ impl ShimClient {
 
     /// Asks the shim to exit; it does once it has no tasks left. The connection closing
     /// while the shim goes away is the expected answer.
-    pub async fn shutdown(&self) -> Result<()> {
+    async fn shutdown(&self) -> Result<()> {
         let req = api::ShutdownRequest {
             id: self.id.clone(),
             now: false,
@@ -500,6 +509,49 @@ impl ShimClient {
             Ok(_) | Err(Error::ShimUnavailable { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The real launcher: shim binaries run with the v2 bootstrap, ttrpc connections, and a
+/// pidfd on each shim process.
+pub struct ProcessLauncher;
+
+#[async_trait::async_trait]
+impl ShimLauncher for ProcessLauncher {
+    async fn start(
+        &self,
+        bootstrap: &Bootstrap,
+        bundle: &Bundle,
+        options: Option<&AnyValue>,
+    ) -> Result<String> {
+        bootstrap.start(bundle, options).await
+    }
+
+    async fn connect(&self, address: &str, key: &TaskKey) -> Result<Arc<dyn TaskClient>> {
+        Ok(Arc::new(ShimClient::connect(address, key).await?))
+    }
+
+    async fn cleanup(&self, bootstrap: &Bootstrap, bundle: &Bundle) -> Result<Exit> {
+        bootstrap.delete(bundle).await
+    }
+
+    fn exited(&self, pid: u32) -> Option<BoxFuture<'static, ()>> {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK).ok()?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
+        // descriptor stays open and the same for the registration's whole life.
+        let afd = match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        } {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("watch pidfd of shim {pid:?}: {e}");
+                return None;
+            }
+        };
+        Some(Box::pin(async move {
+            let _ = afd.readable().await;
+        }))
     }
 }
 

@@ -2,9 +2,32 @@
 //! they exited. Conversions to and from the shim's wire types live here too.
 
 use berth_core::metadata::Timestamp;
+use berth_core::{ContainerId, Namespace};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp as PbTimestamp;
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::types::task::Status as PbStatus;
+
+/// Which task: the namespace and the container it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    pub namespace: Namespace,
+    pub id: ContainerId,
+}
+
+impl TaskKey {
+    pub fn new(namespace: &str, id: &str) -> berth_core::Result<Self> {
+        Ok(TaskKey {
+            namespace: Namespace::new(namespace)?,
+            id: ContainerId::new(id)?,
+        })
+    }
+}
+
+impl std::fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.id)
+    }
+}
 
 /// containerd's task states, numbered as containerd numbers them on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +114,6 @@ pub(crate) fn time_from_wire(t: &MessageField<PbTimestamp>) -> Option<Timestamp>
         .map(|t| Timestamp(t.seconds * 1_000_000_000 + i64::from(t.nanos)))
 }
 
-pub(crate) fn time_to_wire(t: Timestamp) -> MessageField<PbTimestamp> {
-    MessageField::some(PbTimestamp {
-        seconds: t.0.div_euclid(1_000_000_000),
-        nanos: t.0.rem_euclid(1_000_000_000) as i32,
-        ..Default::default()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,7 +121,12 @@ mod tests {
     #[test]
     fn times_round_trip_and_zero_means_none() {
         let t = Timestamp(1_700_000_000_123_456_789);
-        assert_eq!(time_from_wire(&time_to_wire(t)), Some(t));
+        let wire = MessageField::some(PbTimestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_789,
+            ..Default::default()
+        });
+        assert_eq!(time_from_wire(&wire), Some(t));
         assert_eq!(
             time_from_wire(&MessageField::some(PbTimestamp::new())),
             None

@@ -15,14 +15,11 @@ use crate::api::{
     DeleteContainerRequest, GetContainerRequest, GetContainerResponse, ListContainerMessage,
     ListContainersRequest, ListContainersResponse, UpdateContainerRequest, UpdateContainerResponse,
 };
-use crate::events::EventBus;
 use crate::server::containers_server;
 use crate::status::{
     any_in, any_out, blocking, labels_in, labels_out, namespace, timestamp, to_status,
 };
-use containerd_client::events::{
-    container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
-};
+use berth_core::events::{Event, EventBus};
 
 pub struct ContainersService {
     pub store: Arc<Containers>,
@@ -146,17 +143,13 @@ impl containers_server::Containers for ContainersService {
         let store = self.store.clone();
         let n = ns.clone();
         let c = blocking(move || store.create(&n, container_in(c))).await?;
-        let runtime = Some(container_create::Runtime {
-            name: c.runtime_name.clone(),
-            options: c.runtime_options.clone().map(any_out),
-        });
         self.events.publish(
             &ns,
-            "/containers/create",
-            &ContainerCreate {
+            Event::ContainerCreate {
                 id: c.id.clone(),
                 image: c.image.clone(),
-                runtime,
+                runtime: c.runtime_name.clone(),
+                runtime_options: c.runtime_options.clone(),
             },
         );
         Ok(Response::new(CreateContainerResponse {
@@ -177,13 +170,13 @@ impl containers_server::Containers for ContainersService {
         let store = self.store.clone();
         let n = ns.clone();
         let c = blocking(move || store.update(&n, container_in(c), &paths)).await?;
-        let event = ContainerUpdate {
+        let event = Event::ContainerUpdate {
             id: c.id.clone(),
             image: c.image.clone(),
-            labels: labels_out(c.labels.clone()),
+            labels: c.labels.clone(),
             snapshot_key: c.snapshot_key.clone(),
         };
-        self.events.publish(&ns, "/containers/update", &event);
+        self.events.publish(&ns, event);
         self.gc.schedule();
         Ok(Response::new(UpdateContainerResponse {
             container: Some(container_out(c)),
@@ -196,8 +189,7 @@ impl containers_server::Containers for ContainersService {
         let store = self.store.clone();
         let (n, i) = (ns.clone(), id.clone());
         blocking(move || store.delete(&n, &i)).await?;
-        self.events
-            .publish(&ns, "/containers/delete", &ContainerDelete { id });
+        self.events.publish(&ns, Event::ContainerDelete { id });
         self.gc.schedule();
         Ok(Response::new(()))
     }

@@ -21,12 +21,11 @@ use crate::api::{
     ReadContentResponse, Status as IngestPb, StatusRequest, StatusResponse, UpdateRequest,
     UpdateResponse, WriteAction, WriteContentRequest, WriteContentResponse,
 };
-use crate::events::EventBus;
 use crate::server::content_server::Content;
 use crate::status::{
     blocking, digest, labels_in, labels_out, lease, namespace, timestamp, to_status,
 };
-use containerd_client::events::ContentDelete;
+use berth_core::events::{Event, EventBus};
 
 const CHUNK: usize = 1 << 20;
 
@@ -124,8 +123,7 @@ impl Content for ContentService {
         blocking(move || store.delete(&n, &dg)).await?;
         self.events.publish(
             &ns,
-            "/content/delete",
-            &ContentDelete {
+            Event::ContentDelete {
                 digest: d.to_string(),
             },
         );

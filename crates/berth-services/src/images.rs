@@ -13,13 +13,12 @@ use crate::api::{
     Image as ImagePb, ListImagesRequest, ListImagesResponse, UpdateImageRequest,
     UpdateImageResponse,
 };
-use crate::api::{ImageCreate, ImageDelete, ImageUpdate};
-use crate::events::EventBus;
 use crate::server::images_server;
 use crate::status::{
     blocking, collect_after_delete, labels_in, labels_out, namespace, timestamp, to_status,
 };
 use crate::types::Descriptor as DescriptorPb;
+use berth_core::events::{Event, EventBus};
 
 pub struct ImagesService {
     pub store: Arc<Images>,
@@ -107,10 +106,9 @@ impl images_server::Images for ImagesService {
         let i = blocking(move || store.create(&n, image_in(img))).await?;
         self.events.publish(
             &ns,
-            "/images/create",
-            &ImageCreate {
+            Event::ImageCreate {
                 name: i.name.clone(),
-                labels: labels_out(i.labels.clone()),
+                labels: i.labels.clone(),
             },
         );
         Ok(Response::new(CreateImageResponse {
@@ -133,10 +131,9 @@ impl images_server::Images for ImagesService {
         let i = blocking(move || store.update(&n, image_in(img), &paths)).await?;
         self.events.publish(
             &ns,
-            "/images/update",
-            &ImageUpdate {
+            Event::ImageUpdate {
                 name: i.name.clone(),
-                labels: labels_out(i.labels.clone()),
+                labels: i.labels.clone(),
             },
         );
         self.gc.schedule();
@@ -154,8 +151,7 @@ impl images_server::Images for ImagesService {
         blocking(move || store.delete(&n, &name)).await?;
         self.events.publish(
             &ns,
-            "/images/delete",
-            &ImageDelete {
+            Event::ImageDelete {
                 name: r.name.clone(),
             },
         );

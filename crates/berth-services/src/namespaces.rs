@@ -11,10 +11,9 @@ use crate::api::{
     GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespacePb,
     UpdateNamespaceRequest, UpdateNamespaceResponse,
 };
-use crate::events::EventBus;
 use crate::server::namespaces_server;
 use crate::status::{blocking, labels_in, labels_out, to_status};
-use containerd_client::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
+use berth_core::events::{Event, EventBus};
 
 pub struct NamespacesService {
     pub store: Arc<Namespaces>,
@@ -76,10 +75,9 @@ impl namespaces_server::Namespaces for NamespacesService {
         blocking(move || store.create(&n, labels)).await?;
         self.events.publish(
             &ns,
-            "/namespaces/create",
-            &NamespaceCreate {
+            Event::NamespaceCreate {
                 name: pb.name.clone(),
-                labels: pb.labels.clone(),
+                labels: labels_in(pb.labels.clone()),
             },
         );
         Ok(Response::new(CreateNamespaceResponse {
@@ -103,10 +101,9 @@ impl namespaces_server::Namespaces for NamespacesService {
         let labels = blocking(move || store.update(&n, &labels, &paths)).await?;
         self.events.publish(
             &ns,
-            "/namespaces/update",
-            &NamespaceUpdate {
+            Event::NamespaceUpdate {
                 name: ns.to_string(),
-                labels: labels_out(labels.clone()),
+                labels: labels.clone(),
             },
         );
         Ok(Response::new(UpdateNamespaceResponse {
@@ -124,8 +121,7 @@ impl namespaces_server::Namespaces for NamespacesService {
         blocking(move || store.delete(&n)).await?;
         self.events.publish(
             &ns,
-            "/namespaces/delete",
-            &NamespaceDelete {
+            Event::NamespaceDelete {
                 name: ns.to_string(),
             },
         );

@@ -4,16 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_core::metadata::Timestamp;
-use berth_core::Namespace;
 use containerd_shim_protos::api::Empty;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::{create_events, Events};
 use ttrpc::asynchronous::{Service, TtrpcContext};
 
-use crate::events::{validate_topic, EventBus};
-use crate::status::timestamp;
+use crate::events::envelope_in;
 use crate::types::Envelope;
+use berth_core::events::EventBus;
 
 pub struct ShimEventsService {
     pub bus: EventBus,
@@ -30,22 +28,20 @@ impl Events for ShimEventsService {
             .envelope
             .into_option()
             .ok_or_else(|| invalid("forward needs an envelope".into()))?;
-        validate_topic(&env.topic).map_err(|s| invalid(s.message().to_owned()))?;
-        Namespace::new(&env.namespace).map_err(|e| invalid(e.to_string()))?;
-        let at = env
-            .timestamp
-            .as_ref()
-            .map(|t| Timestamp(t.seconds * 1_000_000_000 + i64::from(t.nanos)))
-            .unwrap_or_else(Timestamp::now);
-        self.bus.send(Envelope {
-            timestamp: timestamp(at),
+        let forwarded = Envelope {
+            timestamp: env.timestamp.as_ref().map(|t| prost_types::Timestamp {
+                seconds: t.seconds,
+                nanos: t.nanos,
+            }),
             namespace: env.namespace,
             topic: env.topic,
             event: env.event.into_option().map(|a| prost_types::Any {
                 type_url: a.type_url,
                 value: a.value,
             }),
-        });
+        };
+        let e = envelope_in(forwarded).map_err(|s| invalid(s.message().to_owned()))?;
+        self.bus.send(e);
         Ok(Empty::new())
     }
 }

@@ -17,11 +17,10 @@ use crate::api::snapshots::{
     UpdateSnapshotRequest, UpdateSnapshotResponse, UsageRequest, UsageResponse,
     ViewSnapshotRequest, ViewSnapshotResponse,
 };
-use crate::events::EventBus;
 use crate::server::snapshots_server;
 use crate::status::{blocking, labels_in, labels_out, lease, namespace, timestamp, to_status};
 use crate::types::Mount as MountPb;
-use containerd_client::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
+use berth_core::events::{Event, EventBus};
 
 pub struct SnapshotsService {
     pub store: Arc<Snapshots>,
@@ -81,7 +80,7 @@ impl SnapshotsService {
         kind: Kind,
     ) -> Result<Vec<MountPb>, Status> {
         let store = self.store.clone();
-        let event = SnapshotPrepare {
+        let event = Event::SnapshotPrepare {
             key: key.clone(),
             parent: parent.clone(),
             snapshotter: snapshotter.clone(),
@@ -99,7 +98,7 @@ impl SnapshotsService {
             store.create(&ns, &snapshotter, new)
         })
         .await?;
-        self.events.publish(&ns, "/snapshot/prepare", &event);
+        self.events.publish(&ns, event);
         Ok(mounts.into_iter().map(mount_out).collect())
     }
 }
@@ -165,7 +164,7 @@ impl snapshots_server::Snapshots for SnapshotsService {
         let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
         let store = self.store.clone();
-        let event = SnapshotCommit {
+        let event = Event::SnapshotCommit {
             key: r.key.clone(),
             name: r.name.clone(),
             snapshotter: r.snapshotter.clone(),
@@ -182,7 +181,7 @@ impl snapshots_server::Snapshots for SnapshotsService {
             )
         })
         .await?;
-        self.events.publish(&ns, "/snapshot/commit", &event);
+        self.events.publish(&ns, event);
         Ok(Response::new(()))
     }
 
@@ -190,13 +189,13 @@ impl snapshots_server::Snapshots for SnapshotsService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let store = self.store.clone();
-        let event = SnapshotRemove {
+        let event = Event::SnapshotRemove {
             key: r.key.clone(),
             snapshotter: r.snapshotter.clone(),
         };
         let n = ns.clone();
         blocking(move || store.remove(&n, &r.snapshotter, &r.key)).await?;
-        self.events.publish(&ns, "/snapshot/remove", &event);
+        self.events.publish(&ns, event);
         self.gc.schedule();
         Ok(Response::new(()))
     }

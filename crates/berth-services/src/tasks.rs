@@ -9,8 +9,7 @@ use berth_core::filters::{Filter, Filterable};
 use berth_core::metadata::Timestamp;
 use berth_core::mount::Mount;
 use berth_core::Namespace;
-use berth_runtime::shim::ShimClient;
-use berth_runtime::{CreateTask, ProcessState, ShimManager, Stdio};
+use berth_runtime::{CreateTask, ProcessState, ShimManager, Stdio, TaskClient, TaskKey};
 use tonic::{Request, Response, Status};
 
 use crate::api::{
@@ -86,12 +85,22 @@ impl Filterable for TaskFields<'_> {
 
 type R<T> = Result<Response<T>, Status>;
 
+/// The task of container `id`, by its typed key.
+fn task_key(ns: &Namespace, id: &str) -> Result<TaskKey, Status> {
+    Ok(TaskKey {
+        namespace: ns.clone(),
+        id: berth_core::ContainerId::new(id).map_err(to_status)?,
+    })
+}
+
 impl TasksService {
     /// The shim of a live task, for calls that go straight to it.
-    fn shim(&self, ns: &Namespace, id: &str) -> Result<ShimClient, Status> {
-        let task = self.runtime.get(ns.as_str(), id).map_err(runtime_status)?;
-        let shim = task.shim().map_err(runtime_status)?.clone();
-        Ok(shim)
+    fn shim(&self, ns: &Namespace, id: &str) -> Result<Arc<dyn TaskClient>, Status> {
+        let task = self
+            .runtime
+            .get(&task_key(ns, id)?)
+            .map_err(runtime_status)?;
+        task.shim().map_err(runtime_status)
     }
 }
 
@@ -119,8 +128,7 @@ impl tasks_server::Tasks for TasksService {
         let task = self
             .runtime
             .create(CreateTask {
-                namespace: ns.to_string(),
-                id: r.container_id.clone(),
+                key: task_key(&ns, &r.container_id)?,
                 runtime,
                 runtime_path: (!r.runtime_path.is_empty()).then(|| r.runtime_path.into()),
                 runtime_options: c.runtime_options,
@@ -167,7 +175,7 @@ impl tasks_server::Tasks for TasksService {
         let r = req.into_inner();
         let exit = self
             .runtime
-            .delete(ns.as_str(), &r.container_id)
+            .delete(&task_key(&ns, &r.container_id)?)
             .await
             .map_err(runtime_status)?;
         Ok(Response::new(exit_out(r.container_id, exit)))
@@ -194,7 +202,7 @@ impl tasks_server::Tasks for TasksService {
         let r = req.into_inner();
         let task = self
             .runtime
-            .get(ns.as_str(), &r.container_id)
+            .get(&task_key(&ns, &r.container_id)?)
             .map_err(runtime_status)?;
         let state = task.state(&r.exec_id).await.map_err(runtime_status)?;
         Ok(Response::new(GetResponse {
@@ -210,12 +218,12 @@ impl tasks_server::Tasks for TasksService {
             .collect();
         let filter = Filter::parse_all(&filters).map_err(to_status)?;
         let mut tasks = Vec::new();
-        for t in self.runtime.list(ns.as_str()) {
+        for t in self.runtime.list(&ns) {
             let state = match t.state("").await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(task = %t.id, "state: {e}");
-                    ProcessState::unknown(&t.id, t.pid)
+                    tracing::warn!(task = %t.key, "state: {e}");
+                    ProcessState::unknown(t.id(), t.pid)
                 }
             };
             if filter.matches(&TaskFields {
@@ -329,9 +337,9 @@ impl tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let filter = Filter::parse_all(&req.get_ref().filters).map_err(to_status)?;
         let mut metrics = Vec::new();
-        for t in self.runtime.list(ns.as_str()) {
+        for t in self.runtime.list(&ns) {
             let Ok(shim) = t.shim() else { continue };
-            let state = ProcessState::unknown(&t.id, t.pid);
+            let state = ProcessState::unknown(t.id(), t.pid);
             if !filter.matches(&TaskFields {
                 ns: ns.as_str(),
                 state: &state,
@@ -341,10 +349,10 @@ impl tasks_server::Tasks for TasksService {
             match shim.stats().await {
                 Ok(data) => metrics.push(Metric {
                     timestamp: timestamp(Timestamp::now()),
-                    id: t.id.clone(),
+                    id: t.id().to_owned(),
                     data: data.map(any_out),
                 }),
-                Err(e) => tracing::warn!(task = %t.id, "metrics: {e}"),
+                Err(e) => tracing::warn!(task = %t.key, "metrics: {e}"),
             }
         }
         Ok(Response::new(MetricsResponse { metrics }))
@@ -355,7 +363,7 @@ impl tasks_server::Tasks for TasksService {
         let r = req.into_inner();
         let task = self
             .runtime
-            .get(ns.as_str(), &r.container_id)
+            .get(&task_key(&ns, &r.container_id)?)
             .map_err(runtime_status)?;
         let exit = task.wait(&r.exec_id).await.map_err(runtime_status)?;
         Ok(Response::new(WaitResponse {

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::ImageCreate;
 use berth_core::images::progress::{NoProgress, Progress, ProgressSink};
 use berth_core::Namespace;
 use berth_registry::auth::Credentials;
@@ -19,7 +18,6 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::api::TransferRequest;
-use crate::events::EventBus;
 use crate::server::transfer_server;
 use crate::status::{blocking, labels_in, namespace, registry_status};
 use crate::streaming::{any_of, StreamRegistry};
@@ -28,6 +26,7 @@ use crate::types::transfer::{
     RegistryResolver,
 };
 use crate::types::Descriptor;
+use berth_core::events::{Event, EventBus};
 use berth_core::images::archive;
 
 pub struct TransferService {
@@ -197,10 +196,9 @@ impl TransferService {
         tracing::info!(image = %pulled.image.name, digest = %pulled.image.target.digest, fetched = pulled.fetched, "pulled");
         self.events.publish(
             &ns,
-            "/images/create",
-            &ImageCreate {
+            Event::ImageCreate {
                 name: pulled.image.name.clone(),
-                labels: pulled.image.labels.clone().into_iter().collect(),
+                labels: pulled.image.labels.clone(),
             },
         );
         Ok(())
@@ -294,10 +292,9 @@ impl TransferService {
             tracing::info!(image = %img.name, digest = %img.target.digest, "imported");
             self.events.publish(
                 &ns,
-                "/images/create",
-                &ImageCreate {
+                Event::ImageCreate {
                     name: img.name.clone(),
-                    labels: img.labels.into_iter().collect(),
+                    labels: img.labels,
                 },
             );
         }

@@ -250,7 +250,7 @@ async fn main() -> Result<()> {
         .context("server uuid")?;
 
     use berth_services::*;
-    let events = events::EventBus::default();
+    let events = berth_core::events::EventBus::default();
     let ttrpc_address = PathBuf::from(format!("{}.ttrpc", s.address.display()));
     let mut ttrpc = serve_ttrpc(&ttrpc_address, events.clone()).await?;
     let runtime = ShimManager::new(
@@ -262,7 +262,8 @@ async fn main() -> Result<()> {
             runtimes: s.runtimes.clone(),
             debug: matches!(s.log_level.as_str(), "debug" | "trace"),
         },
-        Arc::new(events.clone()),
+        Arc::new(berth_runtime::shim::ProcessLauncher),
+        events.clone(),
     );
     runtime.recover().await;
     let containers = Arc::new(berth_core::containers::Containers::new(meta.clone()));
@@ -374,7 +375,7 @@ async fn main() -> Result<()> {
 /// The ttrpc socket shims forward their events to (TTRPC_ADDRESS), 0660 like the gRPC one.
 async fn serve_ttrpc(
     address: &Path,
-    events: berth_services::events::EventBus,
+    events: berth_core::events::EventBus,
 ) -> Result<ttrpc::asynchronous::Server> {
     match std::fs::remove_file(address) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
