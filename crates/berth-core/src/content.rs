@@ -346,6 +346,25 @@ impl Write for Writer {
     }
 }
 
+/// The byte range a Read of `blob` asks for: from `offset`, `size` bytes (or to the end
+/// when `size` is not positive), clamped to the blob. An offset past the end is out of range;
+/// no request can overflow it.
+pub fn read_range(blob: &Digest, offset: i64, size: i64, blob_size: u64) -> Result<(i64, i64)> {
+    let total = i64::try_from(blob_size).unwrap_or(i64::MAX);
+    let start = offset.max(0);
+    if start > total {
+        return Err(Error::OutOfRange(format!(
+            "read of {blob} at offset {start} is past its size {total}"
+        )));
+    }
+    let end = if size <= 0 {
+        total
+    } else {
+        start.saturating_add(size).min(total)
+    };
+    Ok((start, end))
+}
+
 fn hash_prefix(f: &mut File, len: u64) -> io::Result<Hasher> {
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -711,6 +730,25 @@ fn to_info(digest: Digest, r: ContentRecord) -> ContentInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_ranges_never_overflow() {
+        let d = Digest::of(b"x");
+        assert_eq!(super::read_range(&d, 0, 0, 10).unwrap(), (0, 10));
+        assert_eq!(super::read_range(&d, 3, 4, 10).unwrap(), (3, 7));
+        assert_eq!(super::read_range(&d, 3, i64::MAX, 10).unwrap(), (3, 10));
+        assert_eq!(
+            super::read_range(&d, i64::MIN, i64::MAX, 10).unwrap(),
+            (0, 10)
+        );
+        assert_eq!(super::read_range(&d, 10, 1, 10).unwrap(), (10, 10));
+        let e = super::read_range(&d, i64::MAX, i64::MAX, 10).unwrap_err();
+        assert!(e.to_string().contains(&d.to_string()), "{e}");
+        assert_eq!(
+            super::read_range(&d, 5, -1, u64::MAX).unwrap(),
+            (5, i64::MAX)
+        );
+    }
+
     use super::*;
 
     fn store() -> (tempfile::TempDir, ContentStore) {

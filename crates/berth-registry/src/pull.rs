@@ -341,9 +341,16 @@ impl Puller {
         for l in ctx.landings.values() {
             l.finish(false);
         }
+        // Released before answering, so a collection the caller starts sees it gone.
+        let mut lease = lease;
+        let held = lease.0.take();
+        blocking(move || {
+            drop(held);
+            Ok(())
+        })
+        .await?;
         let pulled = pulled?;
         progress.progress(Progress::status(format!("Completed pull from {source}")));
-        drop(lease);
         Ok(pulled)
     }
 

@@ -143,18 +143,8 @@ impl Content for ContentService {
         let store = self.store.clone();
         let dd = d.clone();
         let (file, size) = blocking(move || store.open(&ns, &dd)).await?;
-        let size = size as i64;
-        let start = r.offset.max(0);
-        if start > size {
-            return Err(Status::out_of_range(format!(
-                "read of {d} at offset {start} is past its size {size}"
-            )));
-        }
-        let end = if r.size <= 0 || start + r.size > size {
-            size
-        } else {
-            start + r.size
-        };
+        let (start, end) =
+            berth_core::content::read_range(&d, r.offset, r.size, size).map_err(to_status)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut off = start;

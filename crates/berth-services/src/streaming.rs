@@ -135,82 +135,153 @@ impl streaming_server::Streaming for StreamingService {
 /// How much the receiving side lets the sender have in flight on a data stream.
 const WINDOW: i32 = 1 << 20;
 
-fn stream_status(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
-}
-
 /// Receives a data stream (Data messages, credit granted with WindowUpdate) into `path`,
 /// until the client closes its side. Returns the bytes received.
-pub async fn receive_to_file(mut h: StreamHandle, path: &std::path::Path) -> Result<u64, Status> {
-    use crate::types::transfer::{Data, WindowUpdate};
-    use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| stream_status(&format!("create {}", path.display()), e))?;
-    let mut window = 0i32;
-    let mut total = 0u64;
-    loop {
-        if window < WINDOW {
-            let _ = h
-                .to_client
-                .send(any_of(&WindowUpdate { update: WINDOW }))
-                .await;
-            window += WINDOW;
-        }
-        let Some(m) = h.from_client.recv().await else {
-            break;
-        };
-        let data = Data::decode(m.value.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("data stream: {e}")))?;
-        file.write_all(&data.data)
-            .await
-            .map_err(|e| stream_status(&format!("write {}", path.display()), e))?;
-        window -= data.data.len() as i32;
-        total += data.data.len() as u64;
+/// Cancels the stream I/O of a transfer when the request that runs it is dropped.
+pub struct CancelOnDrop(pub tokio::sync::watch::Sender<bool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
-    file.flush()
-        .await
-        .map_err(|e| stream_status(&format!("write {}", path.display()), e))?;
-    Ok(total)
 }
 
-/// Sends `path` on a data stream as the client grants credit, then closes the stream.
-pub async fn send_file(mut h: StreamHandle, path: &std::path::Path) -> Result<u64, Status> {
-    use crate::types::transfer::{Data, WindowUpdate};
-    use tokio::io::AsyncReadExt;
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| stream_status(&format!("open {}", path.display()), e))?;
-    let mut credit = 0i64;
-    let mut total = 0u64;
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        while credit <= 0 {
-            let m = h.from_client.recv().await.ok_or_else(|| {
-                Status::cancelled("the client closed the export stream before the end")
-            })?;
-            let u = WindowUpdate::decode(m.value.as_slice())
-                .map_err(|e| Status::invalid_argument(format!("window update: {e}")))?;
-            credit += i64::from(u.update);
-        }
-        let want = buf.len().min(credit as usize);
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| stream_status(&format!("read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        h.to_client
-            .send(any_of(&Data {
-                data: buf[..n].to_vec(),
-            }))
-            .await
-            .map_err(|_| Status::cancelled("the client closed the export stream"))?;
-        credit -= n as i64;
-        total += n as u64;
+/// Waits, on a blocking thread, for the next message from the client, or for the
+/// transfer to be cancelled.
+fn next_message(
+    h: &mut StreamHandle,
+    cancel: &mut tokio::sync::watch::Receiver<bool>,
+    rt: &tokio::runtime::Handle,
+) -> std::io::Result<Option<prost_types::Any>> {
+    if *cancel.borrow() {
+        return Err(std::io::Error::other("the transfer was cancelled"));
     }
-    // Dropping the handle ends the stream: the client reads end of data.
-    drop(h);
-    Ok(total)
+    rt.block_on(async {
+        tokio::select! {
+            m = h.from_client.recv() => Ok(m),
+            _ = cancel.wait_for(|c| *c) => Err(std::io::Error::other("the transfer was cancelled")),
+        }
+    })
+}
+
+/// The bytes a client streams in (Data messages), readable on a blocking thread; credit is
+/// granted a window at a time as the bytes are consumed.
+pub struct StreamReader {
+    h: StreamHandle,
+    cancel: tokio::sync::watch::Receiver<bool>,
+    rt: tokio::runtime::Handle,
+    buf: Vec<u8>,
+    pos: usize,
+    window: i64,
+    done: bool,
+}
+
+impl StreamReader {
+    pub fn new(h: StreamHandle, cancel: tokio::sync::watch::Receiver<bool>) -> Self {
+        StreamReader {
+            h,
+            cancel,
+            rt: tokio::runtime::Handle::current(),
+            buf: Vec::new(),
+            pos: 0,
+            window: 0,
+            done: false,
+        }
+    }
+}
+
+impl std::io::Read for StreamReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use crate::types::transfer::{Data, WindowUpdate};
+        loop {
+            if self.pos < self.buf.len() {
+                let n = out.len().min(self.buf.len() - self.pos);
+                out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            if self.window < i64::from(WINDOW / 2) {
+                // A client that already closed its side needs no more credit.
+                let _ = self
+                    .h
+                    .to_client
+                    .blocking_send(any_of(&WindowUpdate { update: WINDOW }));
+                self.window += i64::from(WINDOW);
+            }
+            match next_message(&mut self.h, &mut self.cancel, &self.rt)? {
+                None => self.done = true,
+                Some(m) => {
+                    let d = Data::decode(m.value.as_slice()).map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("data stream: {e}"),
+                        )
+                    })?;
+                    self.window -= d.data.len() as i64;
+                    self.buf = d.data;
+                    self.pos = 0;
+                }
+            }
+        }
+    }
+}
+
+/// Bytes streamed out to a client (Data messages) from a blocking thread, as fast as the
+/// client grants credit.
+pub struct StreamWriter {
+    h: StreamHandle,
+    cancel: tokio::sync::watch::Receiver<bool>,
+    rt: tokio::runtime::Handle,
+    credit: i64,
+    pub written: u64,
+}
+
+impl StreamWriter {
+    pub fn new(h: StreamHandle, cancel: tokio::sync::watch::Receiver<bool>) -> Self {
+        StreamWriter {
+            h,
+            cancel,
+            rt: tokio::runtime::Handle::current(),
+            credit: 0,
+            written: 0,
+        }
+    }
+}
+
+impl std::io::Write for StreamWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        use crate::types::transfer::{Data, WindowUpdate};
+        if data.is_empty() {
+            return Ok(0);
+        }
+        while self.credit <= 0 {
+            let m = next_message(&mut self.h, &mut self.cancel, &self.rt)?.ok_or_else(|| {
+                std::io::Error::other("the client closed the export stream before the end")
+            })?;
+            let u = WindowUpdate::decode(m.value.as_slice()).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("window update: {e}"),
+                )
+            })?;
+            self.credit += i64::from(u.update);
+        }
+        let n = data.len().min(self.credit as usize).min(256 << 10);
+        self.h
+            .to_client
+            .blocking_send(any_of(&Data {
+                data: data[..n].to_vec(),
+            }))
+            .map_err(|_| std::io::Error::other("the client closed the export stream"))?;
+        self.credit -= n as i64;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

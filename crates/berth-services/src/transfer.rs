@@ -147,7 +147,7 @@ impl TransferService {
         ns: Namespace,
         src: OciRegistry,
         dst: ImageStore,
-        progress: Option<mpsc::Sender<prost_types::Any>>,
+        sink: Arc<dyn ProgressSink>,
     ) -> Result<(), Status> {
         let src_reference = src.reference.clone();
         let (reference, resolver, credentials) = self.registry(&ns, src).await?;
@@ -163,13 +163,7 @@ impl TransferService {
                 platforms.push(p);
             }
         }
-        let unpack = dst.unpacks.first().map(|u| {
-            if u.snapshotter.is_empty() {
-                "overlayfs".to_owned()
-            } else {
-                u.snapshotter.clone()
-            }
-        });
+        let unpack = dst.unpacks.first().map(|u| snapshotter_of(&u.snapshotter));
         let req = PullRequest {
             source: src_reference,
             namespace: ns.clone(),
@@ -183,10 +177,6 @@ impl TransferService {
             unpack,
             max_concurrent_downloads: self.max_concurrent_downloads,
             reference,
-        };
-        let sink: Arc<dyn ProgressSink> = match &progress {
-            Some(tx) => Arc::new(StreamProgress(tx.clone())),
-            None => Arc::new(NoProgress),
         };
         let pulled = self.puller.pull(&req, sink).await.map_err(|e| {
             // What the failed pull stored is no longer leased: collect it.
@@ -211,7 +201,7 @@ impl TransferService {
         ns: Namespace,
         src: ImageStore,
         dst: OciRegistry,
-        progress: Option<mpsc::Sender<prost_types::Any>>,
+        sink: Arc<dyn ProgressSink>,
     ) -> Result<(), Status> {
         if src.name.is_empty() {
             return Err(Status::invalid_argument(
@@ -227,11 +217,11 @@ impl TransferService {
             plain_http: resolver.default_scheme == "http",
             hosts_dir: (!resolver.host_dir.is_empty()).then(|| resolver.host_dir.clone().into()),
         };
-        let pushed = match &progress {
-            Some(tx) => self.pusher.push(&req, &StreamProgress(tx.clone())).await,
-            None => self.pusher.push(&req, &NoProgress).await,
-        }
-        .map_err(registry_status)?;
+        let pushed = self
+            .pusher
+            .push(&req, &*sink)
+            .await
+            .map_err(registry_status)?;
         tracing::info!(image = %req.image, to = %req.reference, digest = %pushed.digest, "pushed");
         Ok(())
     }
@@ -244,109 +234,219 @@ impl TransferService {
         })
     }
 
-    /// A scratch file under --state for an archive on its way in or out.
-    fn scratch_file(&self, what: &str) -> std::path::PathBuf {
-        self.puller
-            .stores()
-            .scratch
-            .join(format!("{what}-{}.tar", uuid::Uuid::new_v4().simple()))
+    fn publish_images(&self, ns: &Namespace, images: &[berth_core::images::Image], what: &str) {
+        for img in images {
+            tracing::info!(image = %img.name, digest = %img.target.digest, "{what}");
+            self.events.publish(
+                ns,
+                Event::ImageCreate {
+                    name: img.name.clone(),
+                    labels: img.labels.clone(),
+                },
+            );
+        }
     }
 
+    /// An archive streamed in by the client → the image store: read as it arrives (no
+    /// scratch file), every blob verified, images named as the destination asks.
     async fn import(
         &self,
         ns: Namespace,
         src: ImageImportStream,
         dst: ImageStore,
+        progress: Arc<dyn ProgressSink>,
     ) -> Result<(), Status> {
         let h = self.stream(&ns, &src.stream)?;
-        let _ = std::fs::create_dir_all(&self.puller.stores().scratch);
-        let path = self.scratch_file("import");
-        let result = async {
-            crate::streaming::receive_to_file(h, &path).await?;
-            let unpack = match dst.unpacks.first() {
-                Some(u) => Some((
-                    if u.snapshotter.is_empty() {
-                        "overlayfs".to_owned()
-                    } else {
-                        u.snapshotter.clone()
-                    },
-                    match &u.platform {
-                        Some(p) => platform_in(p)?,
-                        None => Platform::default(),
-                    },
-                )),
-                None => None,
-            };
-            let opts = archive::ImportOptions {
-                name: dst.name.clone(),
-                labels: labels_in(dst.labels.clone()),
-                unpack,
-            };
-            let (stores, n, p) = (self.puller.stores().clone(), ns.clone(), path.clone());
-            blocking(move || archive::import(&stores, &n, &p, &opts)).await
-        }
-        .await;
-        let _ = std::fs::remove_file(&path);
-        let images = result.inspect_err(|_| self.gc.schedule())?;
-        for img in images {
-            tracing::info!(image = %img.name, digest = %img.target.digest, "imported");
-            self.events.publish(
-                &ns,
-                Event::ImageCreate {
-                    name: img.name.clone(),
-                    labels: img.labels,
+        let unpack = match dst.unpacks.first() {
+            Some(u) => Some((
+                snapshotter_of(&u.snapshotter),
+                match &u.platform {
+                    Some(p) => platform_in(p)?,
+                    None => Platform::default(),
                 },
-            );
+            )),
+            None => None,
+        };
+        let mut index_names = Vec::new();
+        if !dst.name.is_empty() {
+            index_names.push(dst.name.clone());
         }
+        let mut prefixes = Vec::new();
+        for r in &dst.extra_references {
+            if r.is_prefix {
+                prefixes.push(archive::NamePrefix {
+                    prefix: r.name.clone(),
+                    allow_overwrite: r.allow_overwrite,
+                    add_digest: r.add_digest,
+                    skip_named_digest: r.skip_named_digest,
+                });
+            } else {
+                index_names.push(r.name.clone());
+            }
+        }
+        let opts = archive::ImportOptions {
+            index_names,
+            prefixes,
+            labels: labels_in(dst.labels.clone()),
+            unpack,
+        };
+        let (cancel, watch) = tokio::sync::watch::channel(false);
+        let _cancel = crate::streaming::CancelOnDrop(cancel);
+        let (stores, n, what) = (
+            self.puller.stores().clone(),
+            ns.clone(),
+            format!("stream {:?}", src.stream),
+        );
+        let images = blocking(move || {
+            let reader = crate::streaming::StreamReader::new(h, watch);
+            archive::import(&stores, &n, reader, &what, &opts, &*progress)
+        })
+        .await
+        .inspect_err(|_| self.gc.schedule())?;
+        self.publish_images(&ns, &images, "imported");
         Ok(())
     }
 
+    /// The images an image-store source names: its name, then its extra references, each
+    /// by its exact name; a missing one is refused before anything is written.
+    fn named_images(src: &ImageStore) -> Result<Vec<String>, Status> {
+        let mut names = Vec::new();
+        if !src.name.is_empty() {
+            names.push(src.name.clone());
+        }
+        for r in &src.extra_references {
+            if r.is_prefix {
+                return Err(Status::unimplemented(format!(
+                    "exporting the images under prefix {:?} is not implemented: name them",
+                    r.name
+                )));
+            }
+            names.push(r.name.clone());
+        }
+        if names.is_empty() {
+            return Err(Status::invalid_argument(
+                "export needs an image: the store's name or its extra references",
+            ));
+        }
+        Ok(names)
+    }
+
+    /// Images of the store → an archive streamed out to the client as it is written.
     async fn export(
         &self,
         ns: Namespace,
         src: ImageStore,
         dst: ImageExportStream,
+        progress: Arc<dyn ProgressSink>,
     ) -> Result<(), Status> {
-        if src.name.is_empty() {
-            return Err(Status::invalid_argument(
-                "export needs the name of an image in the store",
-            ));
+        let names = Self::named_images(&src)?;
+        let mut platforms = Vec::new();
+        for p in &dst.platforms {
+            platforms.push(platform_in(p)?);
         }
-        let h = self.stream(&ns, &dst.stream)?;
-        let _ = std::fs::create_dir_all(&self.puller.stores().scratch);
-        let path = self.scratch_file("export");
-        let result = async {
-            let (stores, n, p, name) = (
-                self.puller.stores().clone(),
-                ns.clone(),
-                path.clone(),
-                src.name.clone(),
-            );
-            let opts = archive::ExportOptions {
-                docker_manifest: !dst.skip_compatibility_manifest,
-                ..Default::default()
-            };
-            blocking(move || {
-                let img = stores.images.get(&n, &name)?;
-                let mut f =
-                    std::fs::File::create(&p).map_err(berth_core::Error::io("create", &p))?;
-                archive::export(
-                    &stores,
-                    &n,
-                    &[archive::ExportImage {
+        if platforms.is_empty() && !dst.all_platforms {
+            platforms.push(Platform::default());
+        }
+        let opts = archive::ExportOptions {
+            docker_manifest: !dst.skip_compatibility_manifest,
+            platforms,
+            all_platforms: dst.all_platforms,
+            skip_non_distributable: dst.skip_non_distributable,
+        };
+        let stores = self.puller.stores().clone();
+        let (s, n) = (stores.clone(), ns.clone());
+        let images = blocking(move || {
+            names
+                .iter()
+                .map(|name| {
+                    let img = s.images.get(&n, name)?;
+                    Ok(archive::ExportImage {
                         name: img.name,
                         target: img.target,
-                    }],
-                    &mut f,
-                    &opts,
-                )
-            })
-            .await?;
-            crate::streaming::send_file(h, &path).await
+                    })
+                })
+                .collect::<berth_core::Result<Vec<_>>>()
+        })
+        .await?;
+        let h = self.stream(&ns, &dst.stream)?;
+        let (cancel, watch) = tokio::sync::watch::channel(false);
+        let _cancel = crate::streaming::CancelOnDrop(cancel);
+        let n = ns.clone();
+        let written = blocking(move || {
+            let mut w = std::io::BufWriter::with_capacity(
+                256 << 10,
+                crate::streaming::StreamWriter::new(h, watch),
+            );
+            archive::export(&stores, &n, &images, &mut w, &opts, &*progress)?;
+            let w = w
+                .into_inner()
+                .map_err(|e| berth_core::Error::io("write", "export stream")(e.into_error()))?;
+            Ok(w.written)
+        })
+        .await?;
+        tracing::info!(bytes = written, "exported");
+        Ok(())
+    }
+
+    /// Image store → image store: the destination names (its name and plain extra
+    /// references) point at the source image's target; existing ones are overwritten, as
+    /// containerd does.
+    async fn tag(&self, ns: Namespace, src: ImageStore, dst: ImageStore) -> Result<(), Status> {
+        if src.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "tag needs the name of the source image",
+            ));
         }
-        .await;
-        let _ = std::fs::remove_file(&path);
-        result.map(|n| tracing::info!(image = %src.name, bytes = n, "exported"))
+        let mut names = Vec::new();
+        if !dst.name.is_empty() {
+            names.push(dst.name.clone());
+        }
+        for r in &dst.extra_references {
+            if r.is_prefix {
+                return Err(Status::unimplemented(format!(
+                    "tagging under prefix {:?} is not implemented: name the new image",
+                    r.name
+                )));
+            }
+            names.push(r.name.clone());
+        }
+        if names.is_empty() {
+            return Err(Status::invalid_argument(
+                "tag needs the name of the new image",
+            ));
+        }
+        let labels = labels_in(dst.labels);
+        let (images, n, from) = (self.puller.stores().images.clone(), ns.clone(), src.name);
+        let tagged = blocking(move || {
+            let source = images.get(&n, &from)?;
+            names
+                .into_iter()
+                .map(|name| {
+                    images.put(
+                        &n,
+                        berth_core::images::Image {
+                            name,
+                            labels: labels.clone(),
+                            target: source.target.clone(),
+                            created_at: berth_core::metadata::Timestamp::now(),
+                            updated_at: berth_core::metadata::Timestamp::now(),
+                        },
+                    )
+                })
+                .collect::<berth_core::Result<Vec<_>>>()
+        })
+        .await?;
+        self.publish_images(&ns, &tagged, "tagged");
+        Ok(())
+    }
+}
+
+/// The snapshotter an unpack names, overlayfs when it names none.
+fn snapshotter_of(s: &str) -> String {
+    if s.is_empty() {
+        "overlayfs".to_owned()
+    } else {
+        s.to_owned()
     }
 }
 
@@ -377,26 +477,32 @@ impl transfer_server::Transfer for TransferService {
             ),
             None => None,
         };
+        let sink: Arc<dyn ProgressSink> = match progress {
+            Some(tx) => Arc::new(StreamProgress(tx)),
+            None => Arc::new(NoProgress),
+        };
         if is::<OciRegistry>(&src) && is::<ImageStore>(&dst) {
-            self.pull(ns, decode(&src)?, decode(&dst)?, progress)
-                .await?;
+            self.pull(ns, decode(&src)?, decode(&dst)?, sink).await?;
             return Ok(Response::new(()));
         }
         if is::<ImageImportStream>(&src) && is::<ImageStore>(&dst) {
-            self.import(ns, decode(&src)?, decode(&dst)?).await?;
+            self.import(ns, decode(&src)?, decode(&dst)?, sink).await?;
             return Ok(Response::new(()));
         }
         if is::<ImageStore>(&src) && is::<ImageExportStream>(&dst) {
-            self.export(ns, decode(&src)?, decode(&dst)?).await?;
+            self.export(ns, decode(&src)?, decode(&dst)?, sink).await?;
             return Ok(Response::new(()));
         }
         if is::<ImageStore>(&src) && is::<OciRegistry>(&dst) {
-            self.push(ns, decode(&src)?, decode(&dst)?, progress)
-                .await?;
+            self.push(ns, decode(&src)?, decode(&dst)?, sink).await?;
+            return Ok(Response::new(()));
+        }
+        if is::<ImageStore>(&src) && is::<ImageStore>(&dst) {
+            self.tag(ns, decode(&src)?, decode(&dst)?).await?;
             return Ok(Response::new(()));
         }
         Err(Status::unimplemented(format!(
-            "transfer from {:?} to {:?} is not implemented in berthd yet (registry to image store and back are)",
+            "transfer from {:?} to {:?} is not implemented in berthd (registry, image store, archive streams)",
             src.type_url, dst.type_url
         )))
     }

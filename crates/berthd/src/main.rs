@@ -203,16 +203,21 @@ async fn main() -> Result<()> {
             .unwrap_or_else(|| "/run/berth/berth.sock".into());
         return publish::run(&address, &topic, &namespace).await;
     }
-    let s = settings(args)?;
+    let mut s = settings(args)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&s.log_level).context("bad --log-level")?,
         )
         .with_writer(std::io::stderr)
         .init();
-    for d in [&s.root, &s.state] {
-        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+    for d in [&mut s.root, &mut s.state] {
+        std::fs::create_dir_all(&*d).with_context(|| format!("create {}", d.display()))?;
+        std::fs::set_permissions(&*d, std::fs::Permissions::from_mode(0o711))?;
+        // One spelling of each directory from here on: paths berth builds, records and
+        // compares (bundles, mount points) never go through a symlink or a relative path.
+        *d = d
+            .canonicalize()
+            .with_context(|| format!("resolve {}", d.display()))?;
     }
     let _lock = lock_root(&s.root)?;
     reconcile_scratch(&s.state.join("tmpmounts"));
@@ -396,13 +401,21 @@ async fn serve_ttrpc(
     Ok(server)
 }
 
-/// Temporary mount points of a berthd that died mid-apply or mid-diff: unmount and remove.
+/// Temporary mount points (and scratch files of older versions) that a berthd which died
+/// mid-apply or mid-diff left: unmount and remove.
 fn reconcile_scratch(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => tracing::info!("removed stale scratch file {}", p.display()),
+                Err(err) => tracing::warn!("stale scratch file {}: {err}", p.display()),
+            }
+            continue;
+        }
         while berth_core::mount::unmount(&p).is_ok() {}
         if let Err(err) = std::fs::remove_dir(&p) {
             tracing::warn!("stale mount point {}: {err}", p.display());

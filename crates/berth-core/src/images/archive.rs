@@ -7,12 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::path::Path;
 
 use serde::Deserialize;
 
 use super::media::{self, Kind};
 use super::platform::Platform;
+use super::progress::{Progress, ProgressSink};
 use super::reference::Reference;
 use super::resolve::{self, BlobRef, ParsedIndex};
 use super::store::{Descriptor, Image};
@@ -30,17 +30,7 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// How long an import's lease lives if berthd dies before releasing it.
 const LEASE_TTL_SECS: i64 = 24 * 3600;
 
-/// Where an import goes and what it unpacks.
-#[derive(Debug, Clone, Default)]
-pub struct ImportOptions {
-    /// Name for an image the archive does not name.
-    pub name: String,
-    pub labels: Labels,
-    /// Snapshotter and platform to unpack into.
-    pub unpack: Option<(String, Platform)>,
-}
-
-/// One image in an archive's index, with the name it will be stored under, if any.
+/// One image in an archive's index: its target and annotations (its names, if any).
 #[derive(Debug, Clone)]
 pub struct ArchiveImage {
     pub target: BlobRef,
@@ -64,45 +54,194 @@ impl ArchiveImage {
     }
 }
 
-/// Imports an archive (tar, plain or compressed) into `ns`: every blob verified, the
-/// images named and unpacked. Returns the image records written.
+/// A prefix that names the images of an archive, as containerd 2.x clients send them
+/// (`ImageReference` with `is_prefix`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamePrefix {
+    pub prefix: String,
+    /// Names in the archive may be anything (else only names under the prefix are kept).
+    pub allow_overwrite: bool,
+    /// Also name each image `<prefix>@<digest>`.
+    pub add_digest: bool,
+    /// ... but not an image that already got a name.
+    pub skip_named_digest: bool,
+}
+
+impl NamePrefix {
+    /// containerd's reference translation: a bare tag goes under the prefix; a whole
+    /// reference stays as it is when overwriting is allowed, else only if it is the
+    /// prefix's own (`prefix:tag`, `prefix@digest`, `prefix/...`).
+    fn translate(&self, name: &str) -> Option<String> {
+        let whole = name.contains('/') || name.contains(':') || name.contains('@');
+        if !whole {
+            return Some(format!("{}:{name}", self.prefix));
+        }
+        if self.allow_overwrite {
+            return Some(name.to_owned());
+        }
+        let rest = name.strip_prefix(&self.prefix)?;
+        matches!(rest.chars().next(), Some(':' | '@' | '/')).then(|| name.to_owned())
+    }
+
+    /// The names an archive entry gets under this prefix.
+    fn names_for(&self, entry: &ArchiveImage) -> Vec<String> {
+        let name = match (
+            entry.annotations.get(ANNOTATION_IMAGE_NAME),
+            entry.annotations.get(ANNOTATION_REF_NAME),
+        ) {
+            // containerd's own name counts only if the prefix leaves it as it is.
+            (Some(n), _) => self.translate(n).filter(|t| t == n),
+            (None, Some(r)) => self.translate(r),
+            (None, None) => None,
+        };
+        let mut out: Vec<String> = name.iter().cloned().collect();
+        if self.add_digest && (name.is_none() || !self.skip_named_digest) {
+            out.push(format!("{}@{}", self.prefix, entry.target.digest));
+        }
+        out
+    }
+}
+
+/// Where an import goes and what it unpacks.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Names for the archive's index itself (containerd's `ImageStore.name` and its plain
+    /// extra references).
+    pub index_names: Vec<String>,
+    /// How the images in the archive are named. With none (and no index names), each image
+    /// takes the name the archive gives it.
+    pub prefixes: Vec<NamePrefix>,
+    pub labels: Labels,
+    /// Snapshotter and platform to unpack into.
+    pub unpack: Option<(String, Platform)>,
+}
+
+/// Imports an archive (a tar stream, plain or compressed, named `what` in errors) into
+/// `ns`: every blob verified, the images named and unpacked. Returns the image records
+/// written; a failure leaves nothing but garbage for the collector.
 pub fn import(
     stores: &ImageStores,
     ns: &Namespace,
-    archive: &Path,
+    archive: impl Read + Send,
+    what: &str,
     opts: &ImportOptions,
+    progress: &dyn ProgressSink,
 ) -> Result<Vec<Image>> {
     let lease = DaemonLease::take(stores.meta.clone(), ns, LEASE_TTL_SECS)?;
-    let found = store_archive(stores, ns, archive, lease.id())?;
-    let mut images = Vec::new();
-    for entry in found {
-        let name = entry
-            .archive_name()
-            .or_else(|| (!opts.name.is_empty()).then(|| opts.name.clone()))
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "image {} in archive {} has no name: give one in the destination",
-                    entry.target.digest,
-                    archive.display()
-                ))
-            })?;
+    progress.progress(Progress::status("Importing"));
+    let found = store_archive(stores, ns, archive, what, lease.id())?;
+    let mut named: Vec<(String, BlobRef)> = Vec::new();
+    for entry in &found {
         label_refs(stores, ns, &entry.target)?;
+        let names: Vec<String> = if !opts.prefixes.is_empty() {
+            opts.prefixes
+                .iter()
+                .flat_map(|p| p.names_for(entry))
+                .collect()
+        } else if opts.index_names.is_empty() {
+            vec![entry.archive_name().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "image {} in archive {what} has no name: give a name or a prefix",
+                    entry.target.digest
+                ))
+            })?]
+        } else {
+            Vec::new()
+        };
         if let Some((sn, platform)) = &opts.unpack {
-            let image = resolve::resolve(&stores.content, ns, &entry.target, platform)?;
-            unpack::unpack(stores, ns, Some(lease.id()), sn, &image)?;
+            match resolve::resolve(&stores.content, ns, &entry.target, platform) {
+                Ok(image) if runs_on(&image, platform) => {
+                    unpack::unpack(stores, ns, Some(lease.id()), sn, &image)?
+                }
+                Ok(_) => {}
+                Err(e)
+                    if e.is_not_found() && media::kind(&entry.target.media_type) == Kind::Index =>
+                {
+                    tracing::debug!(image = %entry.target.digest, "nothing to unpack for {platform}: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        images.push(stores.images.put(
+        named.extend(names.into_iter().map(|n| (n, entry.target.clone())));
+    }
+    if !opts.index_names.is_empty() {
+        let index = store_index(stores, ns, lease.id(), what, &found)?;
+        named.extend(opts.index_names.iter().map(|n| (n.clone(), index.clone())));
+    }
+    let mut images = Vec::new();
+    for (name, target) in named {
+        let img = stores.images.put(
             ns,
             Image {
                 name,
                 labels: opts.labels.clone(),
-                target: entry.target.descriptor(),
+                target: target.descriptor(),
                 created_at: Timestamp::now(),
                 updated_at: Timestamp::now(),
             },
-        )?);
+        )?;
+        progress.progress(Progress {
+            event: "saved".into(),
+            name: img.name.clone(),
+            parents: Vec::new(),
+            progress: 0,
+            total: 0,
+            desc: Some(target),
+        });
+        images.push(img);
     }
+    progress.progress(Progress::status("Completed import"));
     Ok(images)
+}
+
+/// Whether a resolved image's config says it runs on `platform` (a config that names no
+/// platform runs anywhere).
+fn runs_on(image: &resolve::ResolvedImage, platform: &Platform) -> bool {
+    let c = &image.image_config;
+    let (os, arch) = (c.os().to_string(), c.architecture().to_string());
+    (os.is_empty() && arch.is_empty())
+        || platform.matches(&os, &arch, c.variant().as_deref().unwrap_or(""))
+}
+
+/// Stores the archive's index (as the archive lists its images) as a blob of its own, so
+/// that an image can name the whole archive.
+fn store_index(
+    stores: &ImageStores,
+    ns: &Namespace,
+    lease: &str,
+    what: &str,
+    entries: &[ArchiveImage],
+) -> Result<BlobRef> {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "mediaType": e.target.media_type, "digest": e.target.digest.to_string(),
+                "size": e.target.size, "annotations": e.annotations,
+            })
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests,
+    }))
+    .map_err(|e| Error::InvalidArgument(format!("index of {what}: {e}")))?;
+    let d = Digest::of(&bytes);
+    store_entry(
+        stores,
+        ns,
+        lease,
+        &mut &bytes[..],
+        bytes.len() as i64,
+        Some(&d),
+        &format!("archive {what}: index"),
+    )?;
+    let blob = BlobRef {
+        digest: d,
+        size: bytes.len() as i64,
+        media_type: media::OCI_INDEX.into(),
+    };
+    label_refs(stores, ns, &blob)?;
+    Ok(blob)
 }
 
 /// Labels an index or manifest with the GC references to its children in the store.
@@ -195,13 +334,11 @@ struct DockerArchiveEntry {
 fn store_archive(
     stores: &ImageStores,
     ns: &Namespace,
-    path: &Path,
+    archive: impl Read + Send,
+    what: &str,
     lease: &str,
 ) -> Result<Vec<ArchiveImage>> {
-    let what = path.display().to_string();
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::InvalidArgument(format!("archive {what}: {e}")))?;
-    let reader = crate::apply::decompress(file)?;
+    let reader = crate::apply::decompress(archive)?;
     let mut tar = tar::Archive::new(reader);
     let mut index = None;
     let mut docker_manifest: Option<Vec<DockerArchiveEntry>> = None;
@@ -265,7 +402,7 @@ fn store_archive(
     }
     let images = match (layout, index, docker_manifest) {
         (true, Some(index), _) => index_images(&index),
-        (_, _, Some(manifest)) => docker_images(stores, ns, lease, &what, &manifest, &files)?,
+        (_, _, Some(manifest)) => docker_images(stores, ns, lease, what, &manifest, &files)?,
         _ => {
             return Err(Error::InvalidArgument(format!(
             "archive {what} has neither an oci-layout with index.json nor a Docker manifest.json"
@@ -356,10 +493,15 @@ fn docker_images(
             });
         }
         for tag in tags {
-            let name = Reference::parse(&tag)?.to_string();
+            let r = Reference::parse(&tag)?;
+            let mut annotations =
+                BTreeMap::from([(ANNOTATION_IMAGE_NAME.to_owned(), r.to_string())]);
+            if let Some(t) = &r.tag {
+                annotations.insert(ANNOTATION_REF_NAME.to_owned(), t.clone());
+            }
             out.push(ArchiveImage {
                 target: target.clone(),
-                annotations: BTreeMap::from([(ANNOTATION_IMAGE_NAME.to_owned(), name)]),
+                annotations,
             });
         }
     }
@@ -371,8 +513,10 @@ fn docker_images(
 pub struct ExportOptions {
     /// Also write the `manifest.json` that `docker load` reads.
     pub docker_manifest: bool,
-    /// Manifests of these platforms only (empty: every platform the store holds).
+    /// Manifests of these platforms (an index's other manifests are left out).
     pub platforms: Vec<Platform>,
+    /// Every manifest of an index, all of which must then be in the store.
+    pub all_platforms: bool,
     /// Leave out layers marked non-distributable.
     pub skip_non_distributable: bool,
 }
@@ -393,7 +537,9 @@ pub fn export(
     images: &[ExportImage],
     out: &mut dyn Write,
     opts: &ExportOptions,
+    progress: &dyn ProgressSink,
 ) -> Result<()> {
+    progress.progress(Progress::status("Exporting"));
     let mut blobs: BTreeSet<Digest> = BTreeSet::new();
     let mut manifests = Vec::new();
     let mut docker = Vec::new();
@@ -443,11 +589,13 @@ pub fn export(
         put("manifest.json", &mut &m[..], m.len() as u64)?;
     }
     tar.into_inner().map_err(io)?.flush().map_err(io)?;
+    progress.progress(Progress::status("Completed export"));
     Ok(())
 }
 
 fn platform_wanted(opts: &ExportOptions, p: Option<&Platform>) -> bool {
-    opts.platforms.is_empty()
+    opts.all_platforms
+        || opts.platforms.is_empty()
         || p.is_none_or(|p| {
             opts.platforms
                 .iter()
@@ -483,9 +631,10 @@ fn docker_entry(
     let bytes = resolve::read_json_blob(&stores.content, ns, &manifest.digest)?;
     let m = resolve::parse_manifest(&bytes, &format_args!("manifest {}", manifest.digest))?;
     let layers: Vec<String> = m.layers.iter().map(|l| blob_path(&l.digest)).collect();
+    let tag = Reference::parse(name).map_or_else(|_| name.to_owned(), |r| r.familiar());
     Ok(Some(serde_json::json!({
         "Config": blob_path(&m.config.digest),
-        "RepoTags": [name],
+        "RepoTags": [tag],
         "Layers": layers,
     })))
 }
@@ -521,13 +670,15 @@ fn collect(
             for e in &index.entries {
                 if platform_wanted(opts, e.platform.as_ref()) {
                     let before = out.len();
-                    collect(stores, ns, &e.blob, false, opts, out)?;
+                    collect(stores, ns, &e.blob, opts.all_platforms, opts, out)?;
                     any |= out.len() > before;
                 }
             }
             if !any && !index.entries.is_empty() {
+                let want: Vec<String> = opts.platforms.iter().map(ToString::to_string).collect();
                 return Err(Error::NotFound(format!(
-                    "no manifest of index {} for the platforms asked for is in the store",
+                    "manifest for platform {} of index {} in the store",
+                    want.join(", "),
                     blob.digest
                 )));
             }
@@ -550,4 +701,79 @@ fn collect(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(annotations: &[(&str, &str)]) -> ArchiveImage {
+        ArchiveImage {
+            target: BlobRef {
+                digest: Digest::of(b"m"),
+                size: 1,
+                media_type: media::OCI_MANIFEST.into(),
+            },
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn prefixes_name_images_as_containerd_does() {
+        let d = Digest::of(b"m");
+        let dated = NamePrefix {
+            prefix: "import-2026-11-30".into(),
+            allow_overwrite: true,
+            ..Default::default()
+        };
+        // A bare tag goes under the prefix; a whole name stays when overwriting is allowed.
+        assert_eq!(
+            dated.names_for(&entry(&[(ANNOTATION_REF_NAME, "latest")])),
+            ["import-2026-11-30:latest"]
+        );
+        assert_eq!(
+            dated.names_for(&entry(&[
+                (ANNOTATION_IMAGE_NAME, "docker.io/library/alpine:3.19"),
+                (ANNOTATION_REF_NAME, "3.19")
+            ])),
+            ["docker.io/library/alpine:3.19"]
+        );
+        // An explicit base name keeps only names of its own.
+        let base = NamePrefix {
+            prefix: "foo/bar".into(),
+            ..Default::default()
+        };
+        assert!(base
+            .names_for(&entry(&[(ANNOTATION_IMAGE_NAME, "docker.io/x/y:1")]))
+            .is_empty());
+        assert_eq!(
+            base.names_for(&entry(&[(ANNOTATION_IMAGE_NAME, "foo/bar:2")])),
+            ["foo/bar:2"]
+        );
+        // Digest names: for every image, or only the unnamed ones.
+        let digests = NamePrefix {
+            prefix: "foo/bar".into(),
+            add_digest: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            digests.names_for(&entry(&[(ANNOTATION_REF_NAME, "v1")])),
+            ["foo/bar:v1".to_owned(), format!("foo/bar@{d}")]
+        );
+        let unnamed_only = NamePrefix {
+            skip_named_digest: true,
+            ..digests.clone()
+        };
+        assert_eq!(
+            unnamed_only.names_for(&entry(&[(ANNOTATION_REF_NAME, "v1")])),
+            ["foo/bar:v1"]
+        );
+        assert_eq!(
+            unnamed_only.names_for(&entry(&[])),
+            [format!("foo/bar@{d}")]
+        );
+    }
 }

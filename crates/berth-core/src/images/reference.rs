@@ -146,6 +146,20 @@ impl Reference {
         }
     }
 
+    /// The short form Docker shows: `busybox:latest` for `docker.io/library/busybox:latest`,
+    /// `user/app:1` for Docker Hub users; other registries keep their host.
+    pub fn familiar(&self) -> String {
+        let full = self.to_string();
+        if self.registry != DOCKER_HUB {
+            return full;
+        }
+        let rest = &full[DOCKER_HUB.len() + 1..];
+        rest.strip_prefix("library/")
+            .filter(|r| !r.contains('/'))
+            .unwrap_or(rest)
+            .to_owned()
+    }
+
     /// The host that serves the registry API for this reference.
     pub fn api_host(&self) -> &str {
         if self.registry == DOCKER_HUB {
@@ -192,6 +206,18 @@ mod tests {
                 want,
                 "{input}"
             );
+        }
+    }
+
+    #[test]
+    fn familiar_names_are_dockers() {
+        for (input, want) in [
+            ("busybox", "busybox:latest"),
+            ("docker.io/user/app:1", "user/app:1"),
+            ("127.0.0.1:5000/a/b:c", "127.0.0.1:5000/a/b:c"),
+            ("library/a/b", "library/a/b:latest"),
+        ] {
+            assert_eq!(Reference::parse(input).unwrap().familiar(), want, "{input}");
         }
     }
 
