@@ -285,17 +285,14 @@ impl CopyUp<'_> {
 }
 
 fn copy_xattrs(from: &OwnedFd, to: &OwnedFd, shown: &Path) -> io::Result<()> {
-    let mut names = vec![0u8; 4096];
-    let n = match rustix::fs::flistxattr(from, &mut names) {
+    // Linux caps a name list and a value at 64 KiB each.
+    let mut names = vec![0u8; 64 << 10];
+    let n = match rustix::fs::flistxattr(from, &mut names[..]) {
         Ok(n) => n,
         Err(Errno::NOTSUP) => return Ok(()),
-        Err(Errno::RANGE) => {
-            let want = rustix::fs::flistxattr(from, &mut [0u8; 0])?;
-            names.resize(want, 0);
-            rustix::fs::flistxattr(from, &mut names)?
-        }
         Err(e) => return Err(e.into()),
     };
+    let mut value = vec![0u8; 64 << 10];
     for key in names[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
         let Ok(key) = std::str::from_utf8(key) else {
             continue;
@@ -303,10 +300,8 @@ fn copy_xattrs(from: &OwnedFd, to: &OwnedFd, shown: &Path) -> io::Result<()> {
         if key.starts_with(OVERLAY_XATTR_PREFIX) {
             continue;
         }
-        let len = rustix::fs::fgetxattr(from, key, &mut [0u8; 0])?;
-        let mut v = vec![0u8; len];
-        let len = rustix::fs::fgetxattr(from, key, &mut v)?;
-        set_xattr(to, key, &v[..len], shown)?;
+        let len = rustix::fs::fgetxattr(from, key, &mut value[..])?;
+        set_xattr(to, key, &value[..len], shown)?;
     }
     Ok(())
 }
@@ -836,6 +831,124 @@ mod tests {
         fn bytes(self) -> Vec<u8> {
             self.0.into_inner().unwrap()
         }
+        /// A pax header for the next entry carrying `xattrs`.
+        fn xattrs(mut self, xattrs: &[(&str, &[u8])]) -> Self {
+            let exts: Vec<(String, &[u8])> = xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                .collect();
+            self.0
+                .append_pax_extensions(exts.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap();
+            self
+        }
+    }
+
+    fn overlay_onto(lowers: Vec<PathBuf>) -> ApplyOptions {
+        ApplyOptions {
+            overlay_whiteouts: true,
+            lowers,
+        }
+    }
+
+    #[test]
+    fn root_directories_a_layer_adds_to_take_the_lower_layers_attributes() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root to chown"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper) = (t.path().join("lower"), t.path().join("upper"));
+        let user = lower.join("home/user");
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::set_permissions(&user, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&user, Some(1000), Some(1000)).unwrap();
+        rustix::fs::setxattr(&user, "user.note", b"private", XattrFlags::empty()).unwrap();
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &user,
+            &timestamps(1_234_567),
+            AtFlags::empty(),
+        )
+        .unwrap();
+        let layer = Layer::new()
+            .file("home/user/.profile", "export X=1\n")
+            .bytes();
+        apply_layer(
+            &upper,
+            io::Cursor::new(layer),
+            &overlay_onto(vec![lower.clone()]),
+        )
+        .unwrap();
+        let got = std::fs::metadata(upper.join("home/user")).unwrap();
+        assert_eq!(
+            got.mode() & 0o7777,
+            0o700,
+            "a private directory stays private"
+        );
+        assert_eq!((got.uid(), got.gid()), (1000, 1000));
+        assert_eq!(got.mtime(), 1_234_567);
+        let mut v = [0u8; 16];
+        let n = rustix::fs::getxattr(upper.join("home/user"), "user.note", &mut v).unwrap();
+        assert_eq!(&v[..n], b"private");
+
+        // A higher lower layer that deleted /home hides the lowest one: nothing to copy.
+        let hider = t.path().join("hider");
+        std::fs::create_dir_all(&hider).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &hider.join("home"),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )
+        .unwrap();
+        let fresh = t.path().join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        let layer = Layer::new().file("home/user/.profile", "x").bytes();
+        apply_layer(
+            &fresh,
+            io::Cursor::new(layer),
+            &overlay_onto(vec![hider, lower]),
+        )
+        .unwrap();
+        let got = std::fs::metadata(fresh.join("home/user")).unwrap();
+        assert_eq!((got.mode() & 0o7777, got.uid()), (0o755, 0));
+    }
+
+    #[test]
+    fn root_xattrs_the_filesystem_cannot_hold_are_skipped_not_fatal() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root to mount"
+        );
+        let t = tempfile::tempdir().unwrap();
+        // ramfs keeps no extended attributes at all.
+        rustix::mount::mount(
+            "ramfs",
+            t.path(),
+            "ramfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap();
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        let _u = Unmount(t.path());
+        let layer = Layer::new()
+            .xattrs(&[("user.a", b"b"), ("trusted.b", b"c")])
+            .file("bin/ping", "elf")
+            .bytes();
+        apply(t.path(), layer).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("bin/ping")).unwrap(),
+            "elf"
+        );
     }
 
     fn sandbox() -> (tempfile::TempDir, PathBuf, PathBuf) {

@@ -113,6 +113,23 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Moves a blob aside at once (a rename); `empty_trash` deletes it later.
+    pub fn retire_blob(&self, d: &Digest) -> Result<()> {
+        let trash = self.root.join("trash");
+        fs::create_dir_all(&trash).map_err(Error::io("create", &trash))?;
+        let p = self.blob_path(d);
+        let to = trash.join(format!("{}-{}", d.hex(), uuid::Uuid::new_v4().simple()));
+        match fs::rename(&p, to) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("retire", p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the blobs `retire_blob` moved aside.
+    pub fn empty_trash(&self) -> Result<usize> {
+        crate::snapshot::empty_trash_in(&self.root)
+    }
+
     pub fn remove_blob(&self, d: &Digest) -> Result<()> {
         let p = self.blob_path(d);
         match fs::remove_file(&p) {

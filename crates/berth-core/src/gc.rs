@@ -128,7 +128,18 @@ fn label_refs(ns: &str, labels: &Labels, out: &mut Vec<Node>) {
 }
 
 impl Collector {
+    /// Collects garbage: records and files that no root reaches. The exclusive lock is
+    /// held while records are swept and dead files moved aside, not while they are deleted.
     pub fn collect(&self) -> Result<GcStats> {
+        let stats = self.mark_and_sweep()?;
+        self.content.blobs().empty_trash()?;
+        for sn in self.snapshots.names() {
+            self.snapshots.backend(sn)?.empty_trash()?;
+        }
+        Ok(stats)
+    }
+
+    fn mark_and_sweep(&self) -> Result<GcStats> {
         let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
         let mut stats = GcStats::default();
         let now = Timestamp::now().0;
@@ -241,11 +252,12 @@ impl Collector {
             }
             Ok((live_blobs, live_ids, leased_ingests))
         })?;
-        // Sweep the disk.
+        // Sweep the disk: dead files are only moved aside under the lock, so commits and
+        // snapshot creation wait for renames, never for a deletion.
         let blobs = self.content.blobs();
         for d in blobs.blob_digests()? {
             if !live_blobs.contains(&d.to_string()) {
-                blobs.remove_blob(&d)?;
+                blobs.retire_blob(&d)?;
                 stats.blobs_removed += 1;
             }
         }
@@ -254,7 +266,7 @@ impl Collector {
             let live = live_ids.get(*sn).cloned().unwrap_or_default();
             for id in backend.ids_on_disk()? {
                 if !live.contains(&id) {
-                    backend.remove(id)?;
+                    backend.retire(id)?;
                     stats.snapshot_dirs_removed += 1;
                 }
             }
@@ -284,6 +296,63 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::BlobStore;
+    use crate::snapshot::{Backend, Kind, Native, NewSnapshot};
+    use crate::Namespace;
+
+    fn stores(dir: &std::path::Path) -> Collector {
+        let meta = Arc::new(MetaStore::open(&dir.join("meta.redb")).unwrap());
+        let gc_lock = Arc::new(RwLock::new(()));
+        let content = Arc::new(ContentStore::new(
+            BlobStore::open(&dir.join("content")).unwrap(),
+            meta.clone(),
+            gc_lock.clone(),
+        ));
+        let native: Arc<dyn Backend> = Arc::new(Native::open(&dir.join("native")).unwrap());
+        let snapshots = Arc::new(Snapshots::new(meta.clone(), vec![native], gc_lock.clone()));
+        Collector {
+            meta,
+            content,
+            snapshots,
+            gc_lock,
+        }
+    }
+
+    #[test]
+    fn dead_files_are_deleted_after_the_lock_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = stores(dir.path());
+        let ns = Namespace::new("default").unwrap();
+        let mut w = c.content.writer(&ns, "r", 0, None, None).unwrap();
+        w.write(b"garbage").unwrap();
+        let d = c.content.commit(w, 0, None, &Labels::new(), None).unwrap();
+        c.snapshots
+            .create(
+                &ns,
+                "native",
+                NewSnapshot {
+                    key: "k",
+                    parent: None,
+                    kind: Kind::Active,
+                    labels: Labels::new(),
+                    lease: None,
+                },
+            )
+            .unwrap();
+        let trash =
+            |p: &str| std::fs::read_dir(dir.path().join(p).join("trash")).map_or(0, |d| d.count());
+        // Nothing roots the blob or the snapshot: both records go, their files are moved
+        // aside under the lock and deleted after it.
+        let stats = c.mark_and_sweep().unwrap();
+        assert_eq!((stats.blobs_removed, stats.snapshot_dirs_removed), (1, 1));
+        assert!(c.gc_lock.try_write().is_ok(), "the lock is free again");
+        assert!(!c.content.blobs().has_blob(&d));
+        assert_eq!(trash("content"), 1, "the blob waits in the trash");
+        assert_eq!(trash("native"), 1, "the snapshot waits in the trash");
+        c.collect().unwrap();
+        assert_eq!(trash("content"), 0);
+        assert_eq!(trash("native"), 0);
+    }
 
     #[test]
     fn rfc3339() {

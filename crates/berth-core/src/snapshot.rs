@@ -73,6 +73,11 @@ pub trait Backend: Send + Sync {
     fn create(&self, id: u64, parents: &[u64], kind: Kind) -> Result<()>;
     fn mounts(&self, id: u64, kind: Kind, parents: &[u64]) -> Vec<Mount>;
     fn remove(&self, id: u64) -> Result<()>;
+    /// Moves the directory of `id` aside at once (a rename); `empty_trash` deletes it later,
+    /// outside any lock.
+    fn retire(&self, id: u64) -> Result<()>;
+    /// Deletes what `retire` moved aside; returns how many directories went.
+    fn empty_trash(&self) -> Result<usize>;
     fn usage(&self, id: u64) -> Result<Usage>;
     /// Ids that have a directory on disk.
     fn ids_on_disk(&self) -> Result<Vec<u64>>;
@@ -406,6 +411,45 @@ pub(crate) fn ids_in(dir: &Path) -> Result<Vec<u64>> {
         }
     }
     Ok(out)
+}
+
+/// Moves `dir` into `<root>/trash` under a unique name; a directory already gone is fine.
+pub(crate) fn retire_dir(dir: &Path, root: &Path) -> Result<()> {
+    let trash = root.join("trash");
+    std::fs::create_dir_all(&trash).map_err(Error::io("create", &trash))?;
+    let name = format!(
+        "{}-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        uuid::Uuid::new_v4().simple()
+    );
+    match std::fs::rename(dir, trash.join(name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("retire", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes everything in `<root>/trash`.
+pub(crate) fn empty_trash_in(root: &Path) -> Result<usize> {
+    let trash = root.join("trash");
+    let entries = match std::fs::read_dir(&trash) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("read", &trash)(e)),
+    };
+    let mut n = 0;
+    for e in entries {
+        let p = e.map_err(Error::io("read", &trash))?.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(Error::io("remove", &p))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Removes a snapshot directory; one that is already gone is fine.

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{disk_usage, ids_in, remove_dir, Backend, Kind, Usage};
+use super::{disk_usage, empty_trash_in, ids_in, remove_dir, retire_dir, Backend, Kind, Usage};
 use crate::error::{Error, Result};
 use crate::mount::Mount;
 
@@ -71,6 +71,17 @@ impl Backend for Native {
     fn remove(&self, id: u64) -> Result<()> {
         let d = self.fs_dir(id);
         remove_dir(&d)
+    }
+
+    fn retire(&self, id: u64) -> Result<()> {
+        retire_dir(
+            &self.root.join("snapshots").join(id.to_string()),
+            &self.root,
+        )
+    }
+
+    fn empty_trash(&self) -> Result<usize> {
+        empty_trash_in(&self.root)
     }
 
     fn usage(&self, id: u64) -> Result<Usage> {

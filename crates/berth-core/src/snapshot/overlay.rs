@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{disk_usage, ids_in, remove_dir, Backend, Kind, Usage};
+use super::{disk_usage, empty_trash_in, ids_in, remove_dir, retire_dir, Backend, Kind, Usage};
 use crate::error::{Error, Result};
 use crate::mount::{Mount, TempMount};
 
@@ -110,6 +110,17 @@ impl Backend for Overlay {
     fn remove(&self, id: u64) -> Result<()> {
         let d = self.root.join("snapshots").join(id.to_string());
         remove_dir(&d)
+    }
+
+    fn retire(&self, id: u64) -> Result<()> {
+        retire_dir(
+            &self.root.join("snapshots").join(id.to_string()),
+            &self.root,
+        )
+    }
+
+    fn empty_trash(&self) -> Result<usize> {
+        empty_trash_in(&self.root)
     }
 
     fn usage(&self, id: u64) -> Result<Usage> {
