@@ -898,7 +898,7 @@ mod tests {
         std::fs::create_dir_all(&hider).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &hider.join("home"),
+            hider.join("home"),
             FileType::CharacterDevice,
             Mode::empty(),
             0,
