@@ -473,7 +473,8 @@ fn root_sigkill_mid_pull_leaves_no_partial_blob_and_retry_completes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill berthd once some ingest holds data.
+    // Kill berthd while an ingest holds part of a blob: more than nothing, less than its
+    // total, so the kill provably lands mid-download.
     let start = std::time::Instant::now();
     let partial = |dir: &std::path::Path| {
         std::fs::read_dir(dir)
@@ -481,14 +482,19 @@ fn root_sigkill_mid_pull_leaves_no_partial_blob_and_retry_completes() {
             .flatten()
             .flatten()
             .any(|e| {
-                std::fs::metadata(e.path().join("data"))
-                    .map(|m| m.len() > 0)
-                    .unwrap_or(false)
+                let written = std::fs::metadata(e.path().join("data")).map_or(0, |m| m.len());
+                let total = std::fs::read(e.path().join("meta.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|m| m["total"].as_u64())
+                    .unwrap_or(0);
+                written > 0 && written < total
             })
     };
     while !partial(&ingest) && start.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    assert!(partial(&ingest), "the kill would not land mid-download");
     d.kill();
     let _ = pull.wait();
     d.spawn();

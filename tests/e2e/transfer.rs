@@ -720,3 +720,95 @@ fn root_export_and_import_oci_archives_through_transfer() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("oci-layout"), "{e:?}");
 }
+
+/// Ingests under the content store that hold part of a blob: (bytes written, total).
+fn partial_ingests(d: &Berthd) -> Vec<(u64, i64)> {
+    let dir = d.root.join("io.containerd.content.v1.content/ingest");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let written = std::fs::metadata(e.path().join("data")).ok()?.len();
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).ok()?).ok()?;
+            Some((written, meta["total"].as_i64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn root_sigkill_mid_server_side_pull_leaves_nothing_after_restart() {
+    let reg = Registry::start();
+    let (img, layer) = noisy_image();
+    img.push(&reg, "noisy");
+    // The proxy sends half of the big layer and then holds the connection: berthd is
+    // killed while that blob is provably half downloaded.
+    let staller = Proxy::faulty(&reg.addr, &layer, Fault::StallHalf, 1);
+    let mut d = Berthd::start();
+    let (socket, reference) = (d.socket.clone(), via(&staller, "noisy"));
+    let pulling = std::thread::spawn(move || {
+        transfer(
+            &socket,
+            "default",
+            Pull {
+                reference: &reference,
+                platforms: vec![amd64()],
+                creds: None,
+            },
+        )
+        .0
+    });
+    let start = std::time::Instant::now();
+    let half_stored = |d: &Berthd| {
+        partial_ingests(d)
+            .iter()
+            .any(|(w, t)| *w > 0 && (*w as i64) < *t)
+    };
+    while (staller.stalled() == 0 || !half_stored(&d))
+        && start.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(staller.stalled(), 1, "the layer download never started");
+    assert!(
+        half_stored(&d),
+        "no half-written ingest: {:?}",
+        partial_ingests(&d)
+    );
+    d.kill();
+    assert!(pulling.join().unwrap().is_err(), "the pull outlived berthd");
+
+    d.spawn();
+    // The dead pull's lease is gone, and what it stored is collected.
+    let leases = d.ctr_ok("default", &["leases", "ls"]);
+    assert!(!leases.contains("berth.io/daemon-lease"), "{leases}");
+    let start = std::time::Instant::now();
+    let leftovers = |d: &Berthd| {
+        (
+            blob_files(d),
+            partial_ingests(d),
+            d.ctr_ok("default", &["snapshots", "ls"])
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        )
+    };
+    while leftovers(&d) != (vec![], vec![], vec![])
+        && start.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        leftovers(&d),
+        (vec![], vec![], vec![]),
+        "left by the killed pull\n{}",
+        d.log()
+    );
+    // The next pull of the same image completes and runs.
+    let direct = format!("{}/noisy:latest", reg.addr);
+    pull_ok(&d, "default", amd64_pull(&direct));
+    let check = d.ctr_ok("default", &["images", "check"]);
+    assert!(check.contains("complete (3/3)"), "{check}");
+}

@@ -720,6 +720,9 @@ pub enum Fault {
     Fail500,
     /// Flips one byte of the body.
     Corrupt,
+    /// Sends the headers and half of the body, then holds the connection open without
+    /// sending more (counted by `Proxy::stalled`).
+    StallHalf,
 }
 
 /// (request line, Range header) of each request a proxy saw.
@@ -757,6 +760,7 @@ pub struct Proxy {
     pub addr: String,
     log: RequestLog,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -768,8 +772,9 @@ impl Proxy {
         let addr = listener.local_addr().unwrap().to_string();
         let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let stalls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let upstream = upstream.to_owned();
-        let (log2, stop2) = (log.clone(), stop.clone());
+        let (log2, stop2, stalls2) = (log.clone(), stop.clone(), stalls.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -777,6 +782,7 @@ impl Proxy {
                 }
                 let Ok(mut client) = conn else { continue };
                 let (upstream, log, policy) = (upstream.clone(), log2.clone(), policy.clone());
+                let (stop, stalls) = (stop2.clone(), stalls2.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(client.try_clone().unwrap());
                     let mut lines = Vec::new();
@@ -849,11 +855,31 @@ impl Proxy {
                     let headers = String::from_utf8_lossy(headers)
                         .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
                     let _ = client.write_all(headers.as_bytes());
+                    if matches!(fault, Some(Fault::StallHalf)) {
+                        let _ = client.write_all(&body[..body.len() / 2]);
+                        let _ = client.flush();
+                        stalls.fetch_add(1, Ordering::SeqCst);
+                        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        return;
+                    }
                     let _ = client.write_all(&body);
                 });
             }
         });
-        Proxy { addr, log, stop }
+        Proxy {
+            addr,
+            log,
+            stop,
+            stalls,
+        }
+    }
+
+    /// How many responses were stalled halfway (`Fault::StallHalf`).
+    pub fn stalled(&self) -> usize {
+        self.stalls.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A proxy that damages the first `times` responses for blobs whose path contains

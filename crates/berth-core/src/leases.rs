@@ -192,18 +192,28 @@ impl Drop for DaemonLease {
 }
 
 /// Deletes the leases a previous berthd took for its own work, in every namespace: what
-/// they held is garbage now. Returns how many were released.
-pub fn release_daemon_leases(meta: &MetaStore) -> Result<usize> {
+/// they held is garbage now. Returns the ingests they held, (namespace, ref), which no
+/// one will resume.
+pub fn release_daemon_leases(meta: &MetaStore) -> Result<Vec<(Namespace, String)>> {
     meta.update(|tx| {
         let all: Vec<(String, LeaseRecord)> = tx.scan(Bucket::Leases, "")?;
-        let mut n = 0;
+        let mut ingests = Vec::new();
         for (k, rec) in all {
-            if rec.labels.contains_key(DAEMON_LEASE) {
-                tx.delete(Bucket::Leases, &k)?;
-                n += 1;
+            if !rec.labels.contains_key(DAEMON_LEASE) {
+                continue;
             }
+            tx.delete(Bucket::Leases, &k)?;
+            let Some(ns) = k.split('\0').next().and_then(|n| Namespace::new(n).ok()) else {
+                continue;
+            };
+            ingests.extend(
+                rec.resources
+                    .into_iter()
+                    .filter(|(kind, _)| kind == "ingests")
+                    .map(|(_, r)| (ns.clone(), r)),
+            );
         }
-        Ok(n)
+        Ok(ingests)
     })
 }
 

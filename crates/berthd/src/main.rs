@@ -240,6 +240,18 @@ async fn main() -> Result<()> {
     ));
     let snapshots = Arc::new(Snapshots::new(meta.clone(), backends, gc_lock.clone()));
     let snapshotter_names: Vec<&'static str> = snapshots.names().collect();
+    // Pulls, imports and exports of a berthd that died held their content under leases of
+    // its own: nobody finishes them now, so what they stored is garbage.
+    let dropped = berth_core::leases::release_daemon_leases(&meta).context("release leases")?;
+    for (ns, r) in &dropped {
+        match content.abort(ns, r) {
+            Ok(()) => {
+                tracing::info!(ns = %ns, ingest = %r, "removed the ingest of an interrupted pull")
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(ns = %ns, ingest = %r, "remove interrupted ingest: {e}"),
+        }
+    }
     let gc = Scheduler::spawn(
         Collector {
             meta: meta.clone(),
