@@ -2,9 +2,10 @@
 # Debian packages berth builds and tests with: protoc (containerd-client's build), the
 # real peers (ctr/containerd, runc, crun, docker-registry), busybox for test images,
 # umoci and skopeo for building and comparing images, htpasswd (apache2-utils) for an
-# authenticating test registry, openssl for a test CA, procps (pgrep), CNI plugins.
+# authenticating test registry, openssl for a test CA, procps (pgrep), CNI plugins, and
+# docker.io (Docker's daemon, a real client of the containerd API).
 set -euo pipefail
-pkgs=(protobuf-compiler bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins)
+pkgs=(protobuf-compiler bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,6 +15,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts these services on install; berth's tests run their own instances.
-for svc in containerd docker-registry; do
-  systemctl stop "$svc" 2>/dev/null || pkill -x "$svc" 2>/dev/null || true
+for svc in docker containerd docker-registry; do
+  systemctl stop "$svc" 2>/dev/null || true
 done
+pkill -x dockerd 2>/dev/null || true
+pkill -x containerd 2>/dev/null || true
+pkill -x docker-registry 2>/dev/null || true

@@ -47,6 +47,16 @@ impl Namespaces {
         Ok(rec.labels)
     }
 
+    /// The labels of a namespace, as containerd answers Get: a namespace nobody created
+    /// has none (clients such as dockerd read their defaults this way before creating
+    /// anything in it).
+    pub fn labels(&self, ns: &Namespace) -> Result<Labels> {
+        match self.get(ns) {
+            Err(e) if e.is_not_found() => Ok(Labels::new()),
+            r => r,
+        }
+    }
+
     pub fn list(&self) -> Result<Vec<(Namespace, Labels)>> {
         let all: Vec<(String, NamespaceRecord)> =
             self.meta.view(|tx| tx.scan(Bucket::Namespaces, ""))?;

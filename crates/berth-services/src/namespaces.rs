@@ -34,7 +34,7 @@ impl namespaces_server::Namespaces for NamespacesService {
         let ns = name(&req.get_ref().name)?;
         let store = self.store.clone();
         let n = ns.clone();
-        let labels = blocking(move || store.get(&n)).await?;
+        let labels = blocking(move || store.labels(&n)).await?;
         Ok(Response::new(GetNamespaceResponse {
             namespace: Some(NamespacePb {
                 name: ns.to_string(),

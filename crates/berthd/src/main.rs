@@ -320,7 +320,12 @@ async fn main() -> Result<()> {
 
     let incoming = UnixListenerStream::new(listen(&s.address)?);
     tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
+    // The standard gRPC health service: containerd's Go client (dockerd) decides with it
+    // that the daemon is back after a restart. Everything berthd serves is up once it
+    // listens.
+    let (_health, health_service) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(VersionServer::new(version::VersionService))
         .add_service(NamespacesServer::new(namespaces::NamespacesService {
             events: events.clone(),
