@@ -812,3 +812,324 @@ fn root_sigkill_mid_server_side_pull_leaves_nothing_after_restart() {
     let check = d.ctr_ok("default", &["images", "check"]);
     assert!(check.contains("complete (3/3)"), "{check}");
 }
+
+/// Checks a pull's progress against containerd 2.x's: status lines first and last, one
+/// tree rooted at the reference in which every blob is first `waiting` and every parent
+/// is a node seen before, layers `extracted` last, the image `saved`.
+fn assert_containerd_2x_pull_progress(events: &[Progress], reference: &str, root_kind: &str) {
+    let shown: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} | {} | {:?}", e.event, e.name, e.parents))
+        .collect();
+    let source = format!("OCI Registry ({reference})");
+    assert_eq!(
+        events[0].event,
+        format!("Resolving from {source}"),
+        "{shown:#?}"
+    );
+    assert_eq!(
+        events[1].event,
+        format!("Pulling from {source}"),
+        "{shown:#?}"
+    );
+    assert!(events[0].name.is_empty() && events[1].name.is_empty());
+    assert_eq!(
+        (events[2].event.as_str(), events[2].name.as_str()),
+        ("fetching image content", reference),
+        "{shown:#?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.event,
+        format!("Completed pull from {source}"),
+        "{shown:#?}"
+    );
+    let mut seen: Vec<String> = vec![reference.to_owned()];
+    for e in &events[3..events.len() - 1] {
+        if e.event == "saved" {
+            assert_eq!(e.name, reference);
+            continue;
+        }
+        assert!(
+            e.name.contains("-sha256:"),
+            "blob event names a blob: {e:?}"
+        );
+        if !seen.contains(&e.name) {
+            assert_eq!(e.event, "waiting", "a blob's first event: {shown:#?}");
+            seen.push(e.name.clone());
+        }
+        for p in &e.parents {
+            assert!(
+                seen.contains(p),
+                "parent {p} of {} not drawn yet: {shown:#?}",
+                e.name
+            );
+        }
+        if e.event == "already exists" {
+            assert!(e.parents.is_empty(), "{e:?}");
+        }
+        assert!(e.desc.is_some(), "{e:?}");
+    }
+    let root = &events[3];
+    assert!(root.name.starts_with(root_kind), "{shown:#?}");
+    assert_eq!(root.parents, [reference], "{shown:#?}");
+    for e in events.iter().filter(|e| e.name.starts_with("layer-")) {
+        let manifest = e.parents.first().map(String::as_str).unwrap_or("");
+        assert!(
+            e.event == "already exists" || manifest.starts_with("manifest-"),
+            "a layer hangs off its manifest: {e:?}"
+        );
+    }
+    let layers: Vec<&String> = seen.iter().filter(|n| n.starts_with("layer-")).collect();
+    assert!(!layers.is_empty());
+    for l in layers {
+        let mine: Vec<&str> = events
+            .iter()
+            .filter(|e| &e.name == l)
+            .map(|e| e.event.as_str())
+            .collect();
+        assert_eq!(mine.first(), Some(&"waiting"), "{l}: {mine:?}");
+        assert!(
+            mine.contains(&"complete") || mine.contains(&"already exists"),
+            "{l}: {mine:?}"
+        );
+        assert_eq!(mine.last(), Some(&"extracted"), "{l}: {mine:?}");
+    }
+    assert!(events.iter().any(|e| e.event == "saved"), "{shown:#?}");
+}
+
+#[test]
+fn root_pull_progress_is_containerd_2x_s() {
+    let reg = Registry::start();
+    let img = data_image();
+    let reference = img.push(&reg, "tree");
+    let d = Berthd::start();
+    let events = pull_amd64(&d, "default", &reference);
+    assert_containerd_2x_pull_progress(&events, &reference, "manifest-");
+    assert!(events
+        .iter()
+        .any(|e| e.event == "complete" && e.name.starts_with("layer-")));
+
+    // An index: index → manifest → config and layers.
+    let mut amd = busybox_layer();
+    amd.push(Entry::File("platform".into(), b"amd64\n".to_vec(), 0o644));
+    let multi = OciImage::build_index(&[("arm64", vec![busybox_layer()]), ("amd64", vec![amd])]);
+    let multi_ref = multi.push(&reg, "multi-tree");
+    let events = pull_amd64(&d, "default", &multi_ref);
+    assert_containerd_2x_pull_progress(&events, &multi_ref, "index-");
+    let manifest = events
+        .iter()
+        .find(|e| e.name.starts_with("manifest-"))
+        .unwrap();
+    assert_eq!(manifest.parents, [events[3].name.clone()]);
+}
+
+fn image_ref(name: &str) -> containerd_client::types::transfer::ImageReference {
+    containerd_client::types::transfer::ImageReference {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn root_containerd_2x_tag_export_and_import_round_trip() {
+    use berth_e2e::transfer::{export_from, import_to, tag};
+    use containerd_client::types::transfer::{
+        ImageExportStream, ImageReference, ImageStore, UnpackConfiguration,
+    };
+    let reg = Registry::start();
+    let img = data_image();
+    let reference = img.push(&reg, "roundtrip");
+    let d = Berthd::start();
+    pull_amd64(&d, "default", &reference);
+
+    // Tag: image store → image store.
+    let tagged = "example.com/tagged:v1";
+    tag(
+        &d.socket,
+        "default",
+        ImageStore {
+            name: reference.clone(),
+            ..Default::default()
+        },
+        ImageStore {
+            name: tagged.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("tag: {e:?}\n{}", d.log()));
+    let ls = d.ctr_ok("default", &["images", "ls"]);
+    let digest_of = |name: &str| {
+        ls.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_owned)
+    };
+    assert_eq!(digest_of(tagged), digest_of(&reference), "{ls}");
+
+    // Export with the image named only in the extra references, as 2.x's ctr sends it.
+    let (r, archive, events) = export_from(
+        &d.socket,
+        "default",
+        ImageStore {
+            extra_references: vec![image_ref(tagged)],
+            ..Default::default()
+        },
+        ImageExportStream {
+            platforms: vec![amd64()],
+            ..Default::default()
+        },
+    );
+    r.unwrap_or_else(|e| panic!("export: {e:?}\n{}", d.log()));
+    let statuses: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(statuses, ["Exporting", "Completed export"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tagged.tar");
+    std::fs::write(&path, &archive).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&out.stdout), img.manifest_digest);
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&path)
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(tagged),
+        "RepoTags"
+    );
+
+    // Import into another berthd under ctr 2.x's default dated prefix: the archive's own
+    // name is kept, the image unpacked and run.
+    let e2 = Berthd::start();
+    let unpacks = vec![UnpackConfiguration {
+        platform: Some(amd64()),
+        snapshotter: "overlayfs".into(),
+    }];
+    let (r, events) = import_to(
+        &e2.socket,
+        "default",
+        archive.clone(),
+        ImageStore {
+            extra_references: vec![ImageReference {
+                name: "import-2026-12-01".into(),
+                is_prefix: true,
+                allow_overwrite: true,
+                ..Default::default()
+            }],
+            unpacks: unpacks.clone(),
+            ..Default::default()
+        },
+    );
+    r.unwrap_or_else(|e| panic!("import: {e:?}\n{}", e2.log()));
+    let shown: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.event.clone(), e.name.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("Importing".into(), String::new()),
+            ("saved".into(), tagged.to_owned()),
+            ("Completed import".into(), String::new())
+        ]
+    );
+    runs_data_image(&e2, "default", tagged, "xfer-2x-import");
+
+    // A base name of their own drops names outside it; digest names stand in.
+    let (r, _) = import_to(
+        &e2.socket,
+        "based",
+        archive,
+        ImageStore {
+            extra_references: vec![ImageReference {
+                name: "foo/bar".into(),
+                is_prefix: true,
+                add_digest: true,
+                ..Default::default()
+            }],
+            unpacks,
+            ..Default::default()
+        },
+    );
+    r.unwrap_or_else(|e| panic!("import: {e:?}\n{}", e2.log()));
+    let names = e2.ctr_ok("based", &["images", "ls", "-q"]);
+    assert_eq!(
+        names.trim(),
+        format!("foo/bar@{}", img.manifest_digest),
+        "{names}"
+    );
+}
+
+#[test]
+fn root_transfer_refuses_missing_images_and_truncated_archives_leaving_nothing() {
+    use berth_e2e::transfer::{export_from, import_to};
+    use containerd_client::types::transfer::ImageStore;
+    let reg = Registry::start();
+    let img = data_image();
+    let reference = img.push(&reg, "refused");
+    let d = Berthd::start();
+    pull_amd64(&d, "default", &reference);
+    // Exporting an image that does not exist: NotFound naming it, no byte sent.
+    let (r, data, _) = export_from(
+        &d.socket,
+        "default",
+        ImageStore {
+            extra_references: vec![image_ref(&reference), image_ref("example.com/nope:1")],
+            ..Default::default()
+        },
+        Default::default(),
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("example.com/nope:1"), "{e:?}");
+    assert!(
+        data.is_empty(),
+        "{} bytes sent for a failed export",
+        data.len()
+    );
+
+    // A truncated archive: the blob it cuts is named; nothing is left after collection.
+    let (r, archive, _) = export_from(
+        &d.socket,
+        "default",
+        ImageStore {
+            name: reference.clone(),
+            ..Default::default()
+        },
+        Default::default(),
+    );
+    r.unwrap();
+    let layer = img.layer_digests()[0].clone();
+    let tar_name = format!("blobs/sha256/{}", &layer[7..]);
+    let at = archive
+        .windows(tar_name.len())
+        .position(|w| w == tar_name.as_bytes())
+        .expect("layer entry in the archive");
+    let cut = archive[..(at / 512 + 1) * 512 + 4096].to_vec();
+    let e2 = Berthd::start();
+    let (r, _) = import_to(&e2.socket, "default", cut, ImageStore::default());
+    let e = r.unwrap_err();
+    assert!(e.message().contains(&layer), "the cut blob is named: {e:?}");
+    let start = std::time::Instant::now();
+    while (!blob_files(&e2).is_empty() || !partial_ingests(&e2).is_empty())
+        && start.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(blob_files(&e2), Vec::<String>::new());
+    assert_eq!(partial_ingests(&e2), vec![]);
+    assert!(e2
+        .ctr_ok("default", &["images", "ls", "-q"])
+        .trim()
+        .is_empty());
+}

@@ -180,11 +180,43 @@ pub fn push(socket: &Path, ns: &str, image: &str, reference: &str) -> Result<(),
     })
 }
 
-/// Imports an OCI archive file through the Transfer API (data sent as berthd grants credit),
-/// unpacking it for linux/amd64; `name` names an image the archive does not.
-pub fn import_archive(socket: &Path, ns: &str, archive: &Path, name: &str) -> Result<(), Status> {
+/// One Transfer call with a progress stream: returns its result and the progress seen.
+async fn call_with_progress(
+    ch: &containerd_client::tonic::transport::Channel,
+    ns: &str,
+    source: prost_types::Any,
+    destination: prost_types::Any,
+) -> (Result<(), Status>, Vec<Progress>) {
+    let id = format!("progress-{}", std::process::id());
+    let (_ptx, mut progress) = open_stream(ch, ns, &id).await;
+    let req = TransferRequest {
+        source: Some(source),
+        destination: Some(destination),
+        options: Some(TransferOptions {
+            progress_stream: id,
+        }),
+    };
+    let r = TransferClient::new(ch.clone())
+        .transfer(containerd_client::with_namespace!(req, ns))
+        .await
+        .map(|_| ());
+    let mut events = Vec::new();
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout(Duration::from_millis(300), progress.next()).await
+    {
+        events.push(Progress::decode(m.value.as_slice()).unwrap());
+    }
+    (r, events)
+}
+
+/// Streams an archive into berthd (data sent as berthd grants credit) to `dst`.
+pub fn import_to(
+    socket: &Path,
+    ns: &str,
+    bytes: Vec<u8>,
+    dst: ImageStore,
+) -> (Result<(), Status>, Vec<Progress>) {
     use containerd_client::types::transfer::{Data, ImageImportStream, WindowUpdate};
-    let bytes = std::fs::read(archive).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ch = containerd_client::connect(socket).await.unwrap();
@@ -198,11 +230,15 @@ pub fn import_archive(socket: &Path, ns: &str, archive: &Path, name: &str) -> Re
                 let credit = WindowUpdate::decode(m.value.as_slice()).unwrap().update as usize;
                 let end = bytes.len().min(sent + credit);
                 for chunk in bytes[sent..end].chunks(64 << 10) {
-                    tx.send(any(&Data {
-                        data: chunk.to_vec(),
-                    }))
-                    .await
-                    .unwrap();
+                    if tx
+                        .send(any(&Data {
+                            data: chunk.to_vec(),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return rx;
+                    }
                 }
                 sent = end;
             }
@@ -211,33 +247,38 @@ pub fn import_archive(socket: &Path, ns: &str, archive: &Path, name: &str) -> Re
             drop(tx);
             rx
         });
-        let req = TransferRequest {
-            source: Some(any(&ImageImportStream {
-                stream: "import-1".into(),
-                media_type: "application/x-tar".into(),
-                force_compress: false,
-            })),
-            destination: Some(any(&ImageStore {
-                name: name.into(),
-                unpacks: vec![UnpackConfiguration {
-                    platform: Some(amd64()),
-                    snapshotter: "overlayfs".into(),
-                }],
-                ..Default::default()
-            })),
-            options: None,
+        let src = ImageImportStream {
+            stream: "import-1".into(),
+            media_type: String::new(),
+            force_compress: false,
         };
-        let r = TransferClient::new(ch)
-            .transfer(containerd_client::with_namespace!(req, ns))
-            .await
-            .map(|_| ());
+        let r = call_with_progress(&ch, ns, any(&src), any(&dst)).await;
         let _rx = sender.await.unwrap();
         r
     })
 }
 
-/// Exports an image through the Transfer API into `out`, granting credit as it is written.
-pub fn export_archive(socket: &Path, ns: &str, image: &str, out: &Path) -> Result<(), Status> {
+/// Imports an archive file, unpacking it for linux/amd64; `name` names the archive's
+/// index (empty: each image takes the name the archive gives it).
+pub fn import_archive(socket: &Path, ns: &str, archive: &Path, name: &str) -> Result<(), Status> {
+    let dst = ImageStore {
+        name: name.into(),
+        unpacks: vec![UnpackConfiguration {
+            platform: Some(amd64()),
+            snapshotter: "overlayfs".into(),
+        }],
+        ..Default::default()
+    };
+    import_to(socket, ns, std::fs::read(archive).unwrap(), dst).0
+}
+
+/// Exports from `src` into an archive streamed back (credit granted as it is read).
+pub fn export_from(
+    socket: &Path,
+    ns: &str,
+    src: ImageStore,
+    dst: containerd_client::types::transfer::ImageExportStream,
+) -> (Result<(), Status>, Vec<u8>, Vec<Progress>) {
     use containerd_client::types::transfer::{Data, ImageExportStream, WindowUpdate};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -259,26 +300,42 @@ pub fn export_archive(socket: &Path, ns: &str, image: &str, out: &Path) -> Resul
             }
             data
         });
+        let dst = ImageExportStream {
+            stream: "export-1".into(),
+            ..dst
+        };
+        let (r, events) = call_with_progress(&ch, ns, any(&src), any(&dst)).await;
+        let data = receiver.await.unwrap();
+        (r, data, events)
+    })
+}
+
+/// Exports the image named `image` into `out`.
+pub fn export_archive(socket: &Path, ns: &str, image: &str, out: &Path) -> Result<(), Status> {
+    let src = ImageStore {
+        name: image.into(),
+        ..Default::default()
+    };
+    let (r, data, _) = export_from(socket, ns, src, Default::default());
+    if r.is_ok() {
+        std::fs::write(out, data).unwrap();
+    }
+    r
+}
+
+/// Image store → image store, as `ctr image tag` in containerd 2.x.
+pub fn tag(socket: &Path, ns: &str, src: ImageStore, dst: ImageStore) -> Result<(), Status> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = containerd_client::connect(socket).await.unwrap();
         let req = TransferRequest {
-            source: Some(any(&ImageStore {
-                name: image.into(),
-                ..Default::default()
-            })),
-            destination: Some(any(&ImageExportStream {
-                stream: "export-1".into(),
-                media_type: "application/x-tar".into(),
-                ..Default::default()
-            })),
+            source: Some(any(&src)),
+            destination: Some(any(&dst)),
             options: None,
         };
-        let r = TransferClient::new(ch)
+        TransferClient::new(ch)
             .transfer(containerd_client::with_namespace!(req, ns))
             .await
-            .map(|_| ());
-        let data = receiver.await.unwrap();
-        if r.is_ok() {
-            std::fs::write(out, data).unwrap();
-        }
-        r
+            .map(|_| ())
     })
 }

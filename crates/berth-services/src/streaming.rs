@@ -106,6 +106,7 @@ impl streaming_server::Streaming for StreamingService {
             })
             .await;
         let id = init.id.clone();
+        let (registry, key) = (self.streams.clone(), (ns.to_string(), init.id.clone()));
         tokio::spawn(async move {
             loop {
                 match incoming.next().await {
@@ -125,6 +126,10 @@ impl streaming_server::Streaming for StreamingService {
                         break;
                     }
                 }
+            }
+            // A stream no transfer took before its client went away is forgotten.
+            if registry.take(&key.0, &key.1).is_some() {
+                tracing::debug!(stream = %id, "stream closed before any transfer used it");
             }
         });
         let out = tokio_stream::wrappers::ReceiverStream::new(out).map(Ok);

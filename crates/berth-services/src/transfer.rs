@@ -339,6 +339,8 @@ impl TransferService {
         dst: ImageExportStream,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<(), Status> {
+        // The stream is taken first: however the export ends, dropping it closes it.
+        let h = self.stream(&ns, &dst.stream)?;
         let names = Self::named_images(&src)?;
         let mut platforms = Vec::new();
         for p in &dst.platforms {
@@ -368,7 +370,6 @@ impl TransferService {
                 .collect::<berth_core::Result<Vec<_>>>()
         })
         .await?;
-        let h = self.stream(&ns, &dst.stream)?;
         let (cancel, watch) = tokio::sync::watch::channel(false);
         let _cancel = crate::streaming::CancelOnDrop(cancel);
         let n = ns.clone();
