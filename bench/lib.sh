@@ -16,10 +16,37 @@ CFG
   for s in berth.sock containerd.sock; do for _ in $(seq 100); do [[ -S $work/$s ]] && break; sleep 0.1; done; done
 }
 
+# One daemon at a time (a peer's background work after its pull otherwise lands on the
+# next one's figure): start_one berthd|containerd sets $one_pid and $one_sock; stop_one
+# stops it and waits.
+start_one() {
+  case $1 in
+    berthd)
+      "$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & one_pid=$!
+      one_sock=$work/berth.sock ;;
+    containerd)
+      cat > "$work/containerd.toml" <<CFG
+version = 2
+root = "$work/containerd/root"
+state = "$work/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$work/containerd.sock"
+CFG
+      containerd --config "$work/containerd.toml" --log-level warn 2>>"$work/containerd.log" & one_pid=$!
+      one_sock=$work/containerd.sock ;;
+  esac
+  for _ in $(seq 100); do ctr -a "$one_sock" version >/dev/null 2>&1 && break; sleep 0.1; done
+}
+stop_one() {
+  kill "$one_pid" && wait "$one_pid" || true
+  one_pid=
+}
+
 # Stops what a benchmark started (daemons, registry, proxy) and removes its tmpfs.
 cleanup_work() {
   set +e
-  for pid in "${b_pid:-}" "${c_pid:-}"; do [[ -n $pid ]] && kill "$pid" && wait "$pid"; done
+  for pid in "${b_pid:-}" "${c_pid:-}" "${one_pid:-}"; do [[ -n $pid ]] && kill "$pid" && wait "$pid"; done
   for pid in "${reg_pid:-}" "${proxy_pid:-}"; do [[ -n $pid ]] && kill "$pid"; done
   grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
   umount -l "$work" 2>/dev/null

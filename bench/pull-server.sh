@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Server-side pull benchmark: berthd pulling and unpacking through its Transfer API, against
 # `ctr images pull` on Debian's containerd 1.6 (client-side fetch, daemon-side unpack) and
-# `skopeo copy` to a local OCI layout (fetch only, no unpack), alternating in one run.
+# `skopeo copy` to a local OCI layout (fetch only, no unpack), alternating in one run with
+# one daemon alive at a time (each started before and stopped after its pull).
 # Images, from a loopback docker-registry: (a) three layers, ~300 MB, half incompressible;
 # (b) twenty layers of 500 small files each. Daemon roots on tmpfs.
 # Usage: bash bench/pull-server.sh [RUNS]   (needs root; run scripts/install-deps.sh first)
@@ -19,11 +20,20 @@ mkdir -p "$work" && mount -t tmpfs -o size=8g tmpfs "$work"
 start_registry 5198
 three=$(push_three_layer_image)
 twenty=$(push_twenty_layer_image)
-start_daemons
 
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
-berth_pull() { secs "$client" "$work/berth.sock" "$1"; ctr -a "$work/berth.sock" images rm --sync "$1" >/dev/null; }
-ctrd_pull() { secs ctr -a "$work/containerd.sock" images pull --plain-http "$1"; ctr -a "$work/containerd.sock" images rm --sync "$1" >/dev/null; }
+berth_pull() {
+  start_one berthd
+  secs "$client" "$one_sock" "$1"
+  ctr -a "$one_sock" images rm --sync "$1" >/dev/null
+  stop_one
+}
+ctrd_pull() {
+  start_one containerd
+  secs ctr -a "$one_sock" images pull --plain-http "$1"
+  ctr -a "$one_sock" images rm --sync "$1" >/dev/null
+  stop_one
+}
 skopeo_pull() { secs skopeo copy --quiet --src-tls-verify=false "docker://$1" "oci:$work/skopeo:latest"; rm -rf "$work/skopeo"; }
 
 # The same images through a proxy that adds 50 ms to every request.
@@ -32,6 +42,8 @@ for _ in $(seq 100); do [[ -s $work/proxy.addr ]] && break; sleep 0.1; done
 slow=$(cat "$work/proxy.addr")
 
 for ref in "$three" "$twenty" "${three/$reg/$slow}" "${twenty/$reg/$slow}"; do
+  # A warm-up of each: page cache of the registry's files, first-run costs.
+  berth_pull "$ref" >/dev/null; ctrd_pull "$ref" >/dev/null
   b_t=(); c_t=(); s_t=()
   for i in $(seq "$runs"); do
     b=$(berth_pull "$ref"); c=$(ctrd_pull "$ref"); s=$(skopeo_pull "$ref")

@@ -385,6 +385,7 @@ fn root_three_layer_image_unpacks_like_umoci() {
         Entry::File("d/x".into(), b"x".to_vec(), 0o600),
         Entry::Dir("o", 0o755),
         Entry::File("o/lower".into(), b"lower".to_vec(), 0o644),
+        Entry::Dir("p", 0o700),
     ]);
     let l2 = vec![
         Entry::Dir("a", 0o755),
@@ -401,6 +402,8 @@ fn root_three_layer_image_unpacks_like_umoci() {
         Entry::Dir("a", 0o755),
         Entry::File("a/keep".into(), b"v3".to_vec(), 0o600),
         Entry::File("z".into(), b"z".to_vec(), 0o644),
+        // Into a private directory of the first layer, without naming it: it stays private.
+        Entry::File("p/.profile".into(), b"x".to_vec(), 0o600),
     ];
     let img = OciImage::build(&[l1, l2, l3]);
     let reference = img.push(&reg, "three");
@@ -442,6 +445,37 @@ fn root_three_layer_image_unpacks_like_umoci() {
     );
     assert!(
         !ours.contains_key("a/gone") && !ours.contains_key("d") && !ours.contains_key("o/lower")
+    );
+    assert!(
+        ours.get("p").is_some_and(|s| s.contains("700")),
+        "{:?}",
+        ours.get("p")
+    );
+
+    // The server-side pull writes layers before their parents are there: the same tree.
+    berth_e2e::transfer::transfer(
+        &d.socket,
+        "xfer",
+        berth_e2e::transfer::Pull {
+            reference: &reference,
+            platforms: vec![berth_e2e::transfer::amd64()],
+            creds: None,
+        },
+    )
+    .0
+    .unwrap_or_else(|e| panic!("transfer: {e:?}\n{}", d.log()));
+    d.ctr_ok(
+        "xfer",
+        &["images", "mount", &reference, target.to_str().unwrap()],
+    );
+    let pulled = tree(&target);
+    d.ctr_ok(
+        "xfer",
+        &["images", "unmount", "--rm", target.to_str().unwrap()],
+    );
+    assert_eq!(
+        pulled, theirs,
+        "the server-side pull differs from umoci's unpack"
     );
     assert!(ours.contains_key("hardlinks:f"), "{ours:?}");
 }

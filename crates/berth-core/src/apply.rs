@@ -39,6 +39,9 @@ pub struct ApplyOptions {
 pub struct Applied {
     pub digest: Digest,
     pub size: u64,
+    /// Directories the layer needed but did not carry, made on the way to its entries;
+    /// with no lowers given, `copy_up` gives them their attributes once the lowers exist.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Wraps a layer stream in the decompressor its first bytes call for.
@@ -176,6 +179,8 @@ struct CopyUp<'a> {
     lowers: &'a [OwnedFd],
     /// Times to restore once the layer is written (creating children changes them).
     times: &'a mut Vec<DirTimes>,
+    /// Every directory made this way.
+    made: &'a mut Vec<Vec<OsString>>,
 }
 
 enum Lower {
@@ -245,6 +250,7 @@ impl CopyUp<'_> {
         let Some(name) = rel.last() else {
             return Ok(());
         };
+        self.made.push(rel.to_vec());
         for lower in self.lowers {
             match look_in_lower(lower, rel) {
                 Lower::Absent => continue,
@@ -402,6 +408,7 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) ->
         hasher: Hasher::new(),
         count: 0,
     };
+    let implicit_dirs;
     {
         let mut archive = tar::Archive::new(&mut hashing);
         let mut applier = Applier {
@@ -410,6 +417,7 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) ->
             lowers: &lowers,
             created: HashSet::new(),
             times: Vec::new(),
+            implicit: Vec::new(),
             buf: vec![0; 256 << 10],
         };
         let entries = archive
@@ -431,6 +439,10 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) ->
                 let _ = rustix::fs::futimens(&fd, &d.times);
             }
         }
+        implicit_dirs = std::mem::take(&mut applier.implicit)
+            .into_iter()
+            .map(|p| join(&p))
+            .collect();
     }
     // The diff id covers the whole stream, including padding after the end-of-archive marker.
     io::copy(&mut hashing, &mut io::sink())
@@ -438,7 +450,49 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) ->
     Ok(Applied {
         digest: hashing.hasher.finish(),
         size: hashing.count,
+        implicit_dirs,
     })
+}
+
+/// Gives directories a layer made without lowers (`Applied::implicit_dirs`, parents
+/// first) the attributes the lowers, topmost first, have for them: the copy-up of a layer
+/// written before the layers below it were.
+pub fn copy_up(upper: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
+    if dirs.is_empty() || lowers.is_empty() {
+        return Ok(());
+    }
+    let open = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open", p)(e.into()))
+    };
+    let root = open(upper)?;
+    let lowers = lowers.iter().map(|l| open(l)).collect::<Result<Vec<_>>>()?;
+    let mut times = Vec::new();
+    let mut made = Vec::new();
+    let mut up = CopyUp {
+        lowers: &lowers,
+        times: &mut times,
+        made: &mut made,
+    };
+    for d in dirs {
+        let rel = clean_path(d.as_os_str().as_bytes())?;
+        let Some((_, parent)) = rel.split_last() else {
+            continue;
+        };
+        let pfd = open_dir(&root, parent).map_err(Error::io("open", upper.join(d)))?;
+        up.copy(&pfd, &rel)
+            .map_err(Error::io("copy up", upper.join(d)))?;
+    }
+    for t in times.iter().rev() {
+        if let Ok(fd) = open_dir(&root, &t.path) {
+            let _ = rustix::fs::futimens(&fd, &t.times);
+        }
+    }
+    Ok(())
 }
 
 struct Applier<'a> {
@@ -448,6 +502,8 @@ struct Applier<'a> {
     /// Paths this layer created, which an opaque marker must not remove.
     created: HashSet<PathBuf>,
     times: Vec<DirTimes>,
+    /// Directories made on the way to entries, not given by the layer itself.
+    implicit: Vec<Vec<OsString>>,
     /// File contents pass through here: large enough that a big file takes few syscalls.
     buf: Vec<u8>,
 }
@@ -472,6 +528,7 @@ impl Applier<'_> {
         CopyUp {
             lowers: self.lowers,
             times: &mut self.times,
+            made: &mut self.implicit,
         }
     }
 }
@@ -579,6 +636,8 @@ impl Applier<'_> {
                 .map_err(|e| io_err("open")(e.into()))?;
                 finish_fd(&fd, uid, gid, mode, &pax.xattrs, Path::new(&shown))
                     .map_err(io_err("set attributes of"))?;
+                // The layer says what this directory is: no copy-up for it.
+                self.implicit.retain(|p| p != &path);
                 self.times.push(DirTimes {
                     path: path.clone(),
                     times: timestamps(mtime),

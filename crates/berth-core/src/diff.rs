@@ -54,8 +54,32 @@ fn target_of(mounts: &[Mount]) -> Result<Target> {
     }
 }
 
+/// Applies a layer stream straight into the upper directory of an overlay snapshot whose
+/// lower layers are not there yet: whiteouts in overlayfs form, copy-ups left to
+/// `apply::copy_up` once the lowers exist, and no flush yet (the commit flushes).
+pub fn apply_to_upper(
+    stream: impl std::io::Read + Send,
+    digest: &Digest,
+    media_type: &str,
+    upper: &Path,
+) -> Result<Applied> {
+    if !supported_layer(media_type) {
+        return Err(Error::Unsupported(format!(
+            "unsupported diff media type {media_type:?} for layer {digest}"
+        )));
+    }
+    let opts = ApplyOptions {
+        overlay_whiteouts: true,
+        lowers: Vec::new(),
+    };
+    apply_layer(upper, stream, &opts).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("layer {digest}: {m}")),
+        other => other,
+    })
+}
+
 /// Flushes the filesystem holding `dir`, so that a layer recorded as committed is on disk.
-fn sync_fs(dir: &Path) -> Result<()> {
+pub fn sync_fs(dir: &Path) -> Result<()> {
     let fd = rustix::fs::open(
         dir,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,

@@ -81,6 +81,11 @@ pub trait Backend: Send + Sync {
     fn usage(&self, id: u64) -> Result<Usage>;
     /// Ids that have a directory on disk.
     fn ids_on_disk(&self) -> Result<Vec<u64>>;
+    /// Whether a snapshot's parents matter only to its mounts (overlayfs), so that an
+    /// active snapshot can be filled first and given its parent later.
+    fn parents_only_in_mounts(&self) -> bool {
+        false
+    }
 }
 
 fn record_key(sn: &str, ns: &Namespace, key: &str) -> String {
@@ -298,6 +303,45 @@ impl Snapshots {
             }
             Ok(())
         })
+    }
+
+    /// Gives an active snapshot made without a parent the committed `parent` it was meant
+    /// to have, where the snapshotter keeps parents only in its mounts: a layer can be
+    /// written while the layer below it is still being written. Returns the new mounts.
+    pub fn adopt_parent(
+        &self,
+        ns: &Namespace,
+        sn: &str,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<Mount>> {
+        let backend = self.backend(sn)?;
+        if !backend.parents_only_in_mounts() {
+            return Err(Error::Unsupported(format!(
+                "snapshotter {sn} cannot give snapshot {key:?} a parent after it was made"
+            )));
+        }
+        let (rec, parents) = self.meta.update(|tx| {
+            let k = record_key(sn, ns, key);
+            let mut rec = self.get(tx, ns, sn, key)?;
+            if rec.kind != Kind::Active || rec.parent.is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key:?} is not an active snapshot without a parent"
+                )));
+            }
+            let p = self.get(tx, ns, sn, parent)?;
+            if p.kind != Kind::Committed {
+                return Err(Error::FailedPrecondition(format!(
+                    "parent snapshot {parent:?} is not committed"
+                )));
+            }
+            rec.parent = Some(parent.to_owned());
+            rec.updated_at = Timestamp::now();
+            tx.put(Bucket::Snapshots, &k, &rec)?;
+            let parents = Self::chain(tx, sn, ns, rec.parent.clone())?;
+            Ok((rec, parents))
+        })?;
+        Ok(backend.mounts(rec.id, rec.kind, &parents))
     }
 
     pub fn remove(&self, ns: &Namespace, sn: &str, key: &str) -> Result<()> {

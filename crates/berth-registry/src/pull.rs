@@ -280,7 +280,26 @@ struct Ctx<'a> {
     target: Target<'a>,
     lease: String,
     progress: Arc<dyn ProgressSink>,
-    landings: HashMap<Digest, Arc<Landing>>,
+    landings: Landings,
+}
+
+/// The landings of one pull. However the pull ends (an error, or its future dropped when
+/// the client goes away), nothing may go on waiting for a download.
+#[derive(Default)]
+struct Landings(HashMap<Digest, Arc<Landing>>);
+
+impl Landings {
+    fn get(&self, d: &Digest) -> Option<&Arc<Landing>> {
+        self.0.get(d)
+    }
+}
+
+impl Drop for Landings {
+    fn drop(&mut self) {
+        for l in self.0.values() {
+            l.finish(false);
+        }
+    }
 }
 
 /// A manifest chosen for the pull, with the names of its parents in the progress tree.
@@ -334,13 +353,11 @@ impl Puller {
                 .map(|l| l.id().to_owned())
                 .unwrap_or_default(),
             progress: progress.clone(),
-            landings: HashMap::new(),
+            landings: Landings::default(),
         };
         let pulled = self.pull_leased(&mut ctx, &source).await;
         // However the pull ended, nothing may wait on a download any more.
-        for l in ctx.landings.values() {
-            l.finish(false);
-        }
+        drop(std::mem::take(&mut ctx.landings));
         // Released before answering, so a collection the caller starts sees it gone.
         let mut lease = lease;
         let held = lease.0.take();
@@ -509,6 +526,7 @@ impl Puller {
 
         for (l, _) in &layer_parents {
             ctx.landings
+                .0
                 .insert(l.blob.digest.clone(), Arc::new(Landing::default()));
         }
         let unpack_image = match &req.unpack {
@@ -576,7 +594,8 @@ impl Puller {
         Ok(Pulled { image, fetched })
     }
 
-    /// Unpacks the image's layers in order, each read as it lands, and labels the result.
+    /// Unpacks the image's layers, each read as it lands. Layers are written side by side
+    /// (a bounded number at a time) and committed in order, each on its parent.
     async fn unpack(
         &self,
         ctx: &Ctx<'_>,
@@ -584,47 +603,89 @@ impl Puller {
         image: &ResolvedImage,
         parents: &[(LayerRef, Vec<String>)],
     ) -> Result<()> {
-        for (i, layer) in image.layers.iter().enumerate() {
-            let landing = ctx
-                .landings
-                .get(&layer.blob.digest)
-                .cloned()
-                .ok_or_else(|| {
-                    Error::Unavailable(format!("layer {} is not being fetched", layer.blob.digest))
-                })?;
-            let lparents = parents
-                .iter()
-                .find(|(l, _)| l.blob == layer.blob)
-                .map(|(_, p)| p.clone())
-                .unwrap_or_default();
-            let progress = ctx.progress.clone();
-            let (stores, ns, sn, lease) = (
-                self.stores.clone(),
-                ctx.req.namespace.clone(),
-                sn.to_owned(),
-                ctx.lease.clone(),
-            );
-            let (layer, chain, parent) = (
-                layer.clone(),
-                image.chain_ids[i].clone(),
-                i.checked_sub(1).map(|p| image.chain_ids[p].clone()),
-            );
-            blocking(move || {
-                unpack_landing(
-                    &stores,
-                    &ns,
-                    &lease,
-                    &sn,
-                    &layer,
-                    &chain,
-                    parent.as_ref(),
-                    &landing,
-                    &*progress,
-                    &lparents,
-                )
-            })
-            .await?;
-        }
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            ctx.req.max_concurrent_downloads.max(2),
+        ));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = async {
+            for (i, layer) in image.layers.iter().enumerate() {
+                let landing = ctx
+                    .landings
+                    .get(&layer.blob.digest)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Unavailable(format!(
+                            "layer {} is not being fetched",
+                            layer.blob.digest
+                        ))
+                    })?;
+                let lparents = parents
+                    .iter()
+                    .find(|(l, _)| l.blob == layer.blob)
+                    .map(|(_, p)| p.clone())
+                    .unwrap_or_default();
+                let slot = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Unavailable("unpack slots closed".into()))?;
+                let progress = ctx.progress.clone();
+                let (stores, ns, sn, lease) = (
+                    self.stores.clone(),
+                    ctx.req.namespace.clone(),
+                    sn.to_owned(),
+                    ctx.lease.clone(),
+                );
+                let (layer, chain, parent) = (
+                    layer.clone(),
+                    image.chain_ids[i].clone(),
+                    i.checked_sub(1).map(|p| image.chain_ids[p].clone()),
+                );
+                let job = tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    let prepared = prepare_landing(
+                        &stores,
+                        &ns,
+                        &lease,
+                        &sn,
+                        &layer,
+                        &chain,
+                        parent.as_ref(),
+                        &landing,
+                        &*progress,
+                        &lparents,
+                    );
+                    (prepared, layer, lparents)
+                });
+                if tx.send(job).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            Ok::<_, Error>(())
+        };
+        let commit = async {
+            while let Some(job) = rx.recv().await {
+                let (prepared, layer, lparents) = job
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("unpack worker failed: {e}")))?;
+                let Some(u) = prepared? else { continue };
+                let progress = ctx.progress.clone();
+                blocking(move || {
+                    u.commit()?;
+                    progress.progress(Progress::blob(
+                        "extracted",
+                        &layer.blob,
+                        &lparents,
+                        layer.blob.size,
+                    ));
+                    Ok(())
+                })
+                .await?;
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::try_join!(start, commit)?;
         let (stores, ns, sn, image) = (
             self.stores.clone(),
             ctx.req.namespace.clone(),
@@ -877,11 +938,12 @@ impl Puller {
     }
 }
 
-/// Applies one layer onto its snapshot, reading it as it lands; the snapshot is committed
-/// only once the blob is verified. If reading along fails (the download restarted, or sent
-/// bytes it then had to fetch again), the layer is applied afresh from the committed blob.
+/// Applies one layer onto its snapshot, reading it as it lands, and waits for its blob to
+/// be verified; returns the snapshot ready to commit (None if the chain exists already).
+/// If reading along fails (the download restarted, or sent bytes it then had to fetch
+/// again), the layer is applied afresh from the committed blob.
 #[allow(clippy::too_many_arguments)]
-fn unpack_landing(
+fn prepare_landing(
     stores: &ImageStores,
     ns: &Namespace,
     lease: &str,
@@ -892,10 +954,11 @@ fn unpack_landing(
     landing: &Arc<Landing>,
     progress: &dyn ProgressSink,
     parents: &[String],
-) -> berth_core::Result<()> {
-    let Some(mut u) = LayerUnpack::begin(stores, ns, sn, chain, parent, Some(lease))? else {
+) -> berth_core::Result<Option<LayerUnpack>> {
+    let begin = || LayerUnpack::begin(stores, ns, sn, chain, parent, Some(lease), true);
+    let Some(mut u) = begin()? else {
         landing_wait(landing, &layer.blob)?;
-        return Ok(());
+        return Ok(None);
     };
     progress.progress(Progress::blob("extracting", &layer.blob, parents, 0));
     let size = layer.blob.size.max(0) as u64;
@@ -903,14 +966,13 @@ fn unpack_landing(
         .follow(size)
         .map(|f| u.apply(layer, counting(f, &layer.blob, parents, progress)));
     match streamed {
-        Some(Ok(_)) => landing_wait(landing, &layer.blob)?,
+        Some(Ok(())) => landing_wait(landing, &layer.blob)?,
         Some(Err(e)) => {
             landing_wait(landing, &layer.blob)?;
             tracing::debug!(layer = %layer.blob.digest, "reading along failed ({e}); applying the stored blob");
             drop(u);
-            let Some(again) = LayerUnpack::begin(stores, ns, sn, chain, parent, Some(lease))?
-            else {
-                return Ok(());
+            let Some(again) = begin()? else {
+                return Ok(None);
             };
             u = again;
             apply_stored(stores, ns, &mut u, layer)?;
@@ -920,14 +982,7 @@ fn unpack_landing(
             apply_stored(stores, ns, &mut u, layer)?;
         }
     }
-    u.commit()?;
-    progress.progress(Progress::blob(
-        "extracted",
-        &layer.blob,
-        parents,
-        layer.blob.size,
-    ));
-    Ok(())
+    Ok(Some(u))
 }
 
 fn counting<'a, R: Read + Send + 'a>(
@@ -982,7 +1037,7 @@ fn landing_wait(landing: &Landing, blob: &BlobRef) -> berth_core::Result<()> {
 fn apply_stored(
     stores: &ImageStores,
     ns: &Namespace,
-    u: &mut LayerUnpack<'_>,
+    u: &mut LayerUnpack,
     layer: &LayerRef,
 ) -> berth_core::Result<()> {
     let (file, _) = stores.content.open(ns, &layer.blob.digest)?;

@@ -30,79 +30,143 @@ pub struct ImageStores {
 }
 
 /// One layer being applied onto its own active snapshot. Dropped before `commit`, it
-/// removes the snapshot.
-pub struct LayerUnpack<'a> {
-    stores: &'a ImageStores,
+/// removes the snapshot (blocking: drop it off the async reactor).
+///
+/// With `early`, on a snapshotter that keeps parents only in its mounts (overlayfs), the
+/// layer is written before its parent exists: the snapshot gets its parent, and the
+/// directories the layer only implied get the lower layers' attributes, at `commit`,
+/// which must then come after the parent's.
+pub struct LayerUnpack {
+    stores: ImageStores,
     ns: Namespace,
     snapshotter: String,
     key: String,
     chain: Digest,
+    /// The parent to adopt at commit (written early), if any.
+    pending_parent: Option<Digest>,
     lease: Option<String>,
     mounts: Vec<Mount>,
+    applied: Option<Applied>,
     done: bool,
 }
 
-impl<'a> LayerUnpack<'a> {
+impl LayerUnpack {
     /// Prepares the snapshot for the layer whose chain id is `chain` over `parent`; None
     /// when that chain is already committed.
     pub fn begin(
-        stores: &'a ImageStores,
+        stores: &ImageStores,
         ns: &Namespace,
         snapshotter: &str,
         chain: &Digest,
         parent: Option<&Digest>,
         lease: Option<&str>,
-    ) -> Result<Option<LayerUnpack<'a>>> {
+        early: bool,
+    ) -> Result<Option<LayerUnpack>> {
         let chain_s = chain.to_string();
         if stores.snapshots.stat(ns, snapshotter, &chain_s).is_ok() {
             return Ok(None);
         }
+        let early = early
+            && parent.is_some()
+            && stores
+                .snapshots
+                .backend(snapshotter)?
+                .parents_only_in_mounts();
         let key = format!("extract-{}-{chain_s}", uuid::Uuid::new_v4().simple());
-        let parent = parent.map(ToString::to_string);
+        let parent_s = if early {
+            None
+        } else {
+            parent.map(ToString::to_string)
+        };
         let mounts = stores.snapshots.create(
             ns,
             snapshotter,
             NewSnapshot {
                 key: &key,
-                parent: parent.as_deref(),
+                parent: parent_s.as_deref(),
                 kind: Kind::Active,
                 labels: Labels::new(),
                 lease,
             },
         )?;
         Ok(Some(LayerUnpack {
-            stores,
+            stores: stores.clone(),
             ns: ns.clone(),
             snapshotter: snapshotter.to_owned(),
             key,
             chain: chain.clone(),
+            pending_parent: if early { parent.cloned() } else { None },
             lease: lease.map(str::to_owned),
             mounts,
+            applied: None,
             done: false,
         }))
     }
 
+    /// The directory an early layer is written into: its snapshot's own.
+    fn early_dir(&self) -> Result<std::path::PathBuf> {
+        match self.mounts.as_slice() {
+            [m] if m.kind == "bind" => Ok(m.source.clone().into()),
+            _ => Err(Error::FailedPrecondition(format!(
+                "snapshot {:?} of an early layer is not a plain directory",
+                self.key
+            ))),
+        }
+    }
+
     /// Applies the (possibly compressed) layer stream and checks its uncompressed digest.
-    pub fn apply(&mut self, layer: &LayerRef, stream: impl Read + Send) -> Result<Applied> {
-        let applied = crate::diff::apply_stream(
-            stream,
-            &layer.blob.digest,
-            &layer.blob.media_type,
-            &self.mounts,
-            &self.stores.scratch,
-        )?;
+    pub fn apply(&mut self, layer: &LayerRef, stream: impl Read + Send) -> Result<()> {
+        let applied = if self.pending_parent.is_some() {
+            crate::diff::apply_to_upper(
+                stream,
+                &layer.blob.digest,
+                &layer.blob.media_type,
+                &self.early_dir()?,
+            )?
+        } else {
+            crate::diff::apply_stream(
+                stream,
+                &layer.blob.digest,
+                &layer.blob.media_type,
+                &self.mounts,
+                &self.stores.scratch,
+            )?
+        };
         if applied.digest != layer.diff_id {
             return Err(Error::FailedPrecondition(format!(
                 "layer {} unpacks to {} but the image config says {}",
                 layer.blob.digest, applied.digest, layer.diff_id
             )));
         }
-        Ok(applied)
+        self.applied = Some(applied);
+        Ok(())
     }
 
-    /// Commits the snapshot under the chain id. Another unpack that committed the same
-    /// chain first wins; this one's snapshot goes.
+    /// Commits the snapshot under the chain id (an early layer first takes its parent,
+    /// which must be committed by now, and copies up from it). Another unpack that
+    /// committed the same chain first wins; this one's snapshot goes.
     pub fn commit(mut self) -> Result<()> {
+        if let Some(parent) = self.pending_parent.take() {
+            let upper = self.early_dir()?;
+            let mounts = self.stores.snapshots.adopt_parent(
+                &self.ns,
+                &self.snapshotter,
+                &self.key,
+                &parent.to_string(),
+            )?;
+            let lowers: Vec<std::path::PathBuf> = mounts
+                .first()
+                .and_then(|m| m.option("lowerdir"))
+                .map(|l| l.split(':').map(Into::into).collect())
+                .unwrap_or_default();
+            let implicit = self
+                .applied
+                .as_ref()
+                .map(|a| a.implicit_dirs.clone())
+                .unwrap_or_default();
+            crate::apply::copy_up(&upper, &lowers, &implicit)?;
+            crate::diff::sync_fs(&upper)?;
+        }
         let r = self.stores.snapshots.commit(
             &self.ns,
             &self.snapshotter,
@@ -122,7 +186,7 @@ impl<'a> LayerUnpack<'a> {
     }
 }
 
-impl Drop for LayerUnpack<'_> {
+impl Drop for LayerUnpack {
     fn drop(&mut self) {
         if !self.done {
             if let Err(e) = self
@@ -146,7 +210,8 @@ pub fn unpack_layer(
     parent: Option<&Digest>,
     chain: &Digest,
 ) -> Result<()> {
-    let Some(mut u) = LayerUnpack::begin(stores, ns, snapshotter, chain, parent, lease)? else {
+    let Some(mut u) = LayerUnpack::begin(stores, ns, snapshotter, chain, parent, lease, false)?
+    else {
         return Ok(());
     };
     let (file, _) = stores.content.open(ns, &layer.blob.digest)?;

@@ -72,6 +72,10 @@ impl Backend for Overlay {
         "overlayfs"
     }
 
+    fn parents_only_in_mounts(&self) -> bool {
+        true
+    }
+
     fn create(&self, id: u64, _parents: &[u64], _kind: Kind) -> Result<()> {
         for d in [self.fs_dir(id), self.work_dir(id)] {
             fs::create_dir_all(&d).map_err(Error::io("create", &d))?;
