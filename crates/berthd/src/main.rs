@@ -194,8 +194,41 @@ fn listen(address: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// A resident daemon gives memory back: glibc's allocator is kept to two arenas (one per
+/// thread otherwise, each holding on to what a pull freed), large buffers come from
+/// mmap and go back on free, and free heap is trimmed regularly.
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+    }
+}
+
+/// Returns the heap's free memory to the system every few seconds.
+async fn trim_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        // SAFETY: malloc_trim takes the allocator's own locks; it touches no Rust object.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
+}
+
+fn main() -> Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Blocking threads (layer writers and appliers) go soon after the work is done,
+        // and their stacks with them.
+        .thread_keep_alive(Duration::from_secs(2))
+        .build()
+        .context("start the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let mut args = Args::parse();
     if let Some(Command::Publish { topic, namespace }) = args.command.take() {
         let address = args
@@ -262,6 +295,7 @@ async fn main() -> Result<()> {
         s.gc_interval,
     );
     gc.schedule(); // reconcile what a crash may have left: stale dirs, unreferenced blobs
+    tokio::spawn(trim_memory());
     let uuid = meta
         .stable_value("server-uuid", || uuid::Uuid::new_v4().to_string())
         .context("server uuid")?;

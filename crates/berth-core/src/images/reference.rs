@@ -250,4 +250,30 @@ mod tests {
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
     }
+
+    /// A bounded stand-in for fuzzing: strings from the characters references are made of
+    /// (and a few they are not). Parsing answers, never panics, and what it accepts prints
+    /// back to something it accepts again.
+    #[test]
+    fn random_references_never_panic() {
+        let alphabet = b"abz09._-/:@AZ \x00sha256:";
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20000 {
+            let len = (next() % 40) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(next() as usize) % alphabet.len()] as char)
+                .collect();
+            if let Ok(r) = Reference::parse(&s) {
+                let again = Reference::parse(&r.to_string()).unwrap();
+                assert_eq!(again, r, "{s:?}");
+                let _ = (r.familiar(), r.object());
+            }
+        }
+    }
 }

@@ -458,4 +458,64 @@ mod tests {
         let e = manifest.resolve(mref, parsed.clone()).unwrap_err();
         assert!(e.to_string().contains("1 diff ids for 0 layers"), "{e}");
     }
+
+    /// A bounded stand-in for fuzzing (see fuzz/): valid manifests, indexes and configs
+    /// with bytes flipped, cut, spliced and swapped for JSON punctuation. Every outcome is
+    /// an error or a value, never a panic.
+    #[test]
+    fn mutated_documents_never_panic() {
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": d("c").to_string(), "size": 2},
+            "layers": [{"mediaType": media::OCI_LAYER_GZIP, "digest": d("l").to_string(), "size": 3,
+                        "annotations": {"a": "b"}}],
+        }))
+        .unwrap();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Env": ["A=1"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [d("u").to_string()]},
+        }))
+        .unwrap();
+        let seeds = [
+            manifest,
+            config,
+            index(&[("a", Some("linux/amd64")), ("b", None)]),
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..6000 {
+            let mut data = seeds[round % 3].clone();
+            for _ in 0..(1 + next() % 6) {
+                let at = (next() as usize) % data.len();
+                match next() % 5 {
+                    0 => data[at] ^= 1 << (next() % 8),
+                    1 => {
+                        let p = b"{}[]:,\"-9e0";
+                        data[at] = p[(next() as usize) % p.len()];
+                    }
+                    2 => data.truncate(at.max(1)),
+                    3 => {
+                        let p = b"\"0123456789";
+                        data.insert(at, p[(next() as usize) % p.len()]);
+                    }
+                    _ => {
+                        let from = (next() as usize) % data.len();
+                        let len = (next() as usize % 32).min(data.len() - from.max(at));
+                        let chunk = data[from..from + len].to_vec();
+                        data[at..at + len].copy_from_slice(&chunk);
+                    }
+                }
+            }
+            let _ = parse_manifest(&data, &"m");
+            let _ = parse_config(&data, &"c");
+            if let Ok(i) = parse_index(&data, &"i") {
+                let _ = i.select(&[Platform::default()], true);
+            }
+        }
+    }
 }
