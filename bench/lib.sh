@@ -102,3 +102,30 @@ push_twenty_layer_image() {
   done
   push_layout bench/twenty:latest
 }
+
+# $1 small distinct images (one tiny layer each, different contents) pushed as
+# bench/small-N:latest; prints their references.
+push_small_images() {
+  local n=$1 i dir blobs layer ld ls cfg cd cs man md ms
+  for i in $(seq "$n"); do
+    dir=$work/small/$i; blobs=$dir/blobs/sha256
+    mkdir -p "$blobs" "$dir/root"
+    echo "small image $i" > "$dir/root/id"
+    tar -C "$dir/root" -cf "$dir/layer.tar" id
+    gzip -n -c "$dir/layer.tar" > "$dir/layer.tgz"
+    local diff; diff=$(sha256sum "$dir/layer.tar" | cut -d' ' -f1)
+    ld=$(sha256sum "$dir/layer.tgz" | cut -d' ' -f1); ls=$(stat -c %s "$dir/layer.tgz"); mv "$dir/layer.tgz" "$blobs/$ld"
+    printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff" > "$dir/config"
+    cd=$(sha256sum "$dir/config" | cut -d' ' -f1); cs=$(stat -c %s "$dir/config"); mv "$dir/config" "$blobs/$cd"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" > "$dir/manifest"
+    md=$(sha256sum "$dir/manifest" | cut -d' ' -f1); ms=$(stat -c %s "$dir/manifest"); mv "$dir/manifest" "$blobs/$md"
+    printf '{"imageLayoutVersion":"1.0.0"}' > "$dir/oci-layout"
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' "$md" "$ms" > "$dir/index.json"
+    skopeo copy --quiet --dest-tls-verify=false "oci:$dir:latest" "docker://$reg/bench/small-$i:latest"
+    rm -rf "$dir"
+    echo "$reg/bench/small-$i:latest"
+  done
+}
+
+# RSS of a process in KiB, and its breakdown from smaps_rollup.
+rss_detail() { awk '/^(Rss|Anonymous|Private_Clean|Shared_Clean):/ {printf "%s%s ", $1, $2}' "/proc/$1/smaps_rollup"; }

@@ -180,13 +180,20 @@ pub struct NamespaceRecord {
     pub created_at: Timestamp,
 }
 
+/// Bytes of metadata pages redb keeps in memory.
+const METADATA_CACHE: usize = 2 << 20;
+
 pub struct MetaStore {
     db: Database,
 }
 
 impl MetaStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)
+        // redb caches up to 1 GiB of pages by default; a daemon's metadata is read from the
+        // page cache just as well, so the cache stays small and berthd's memory with it.
+        let db = Database::builder()
+            .set_cache_size(METADATA_CACHE)
+            .create(path)
             .map_err(|e| Error::Database(format!("open {}: {e}", path.display())))?;
         let tx = db.begin_write()?;
         for b in Bucket::ALL {
