@@ -5,7 +5,7 @@
 # authenticating test registry, openssl for a test CA, procps (pgrep), CNI plugins, and
 # docker.io (Docker's daemon, a real client of the containerd API).
 set -euo pipefail
-pkgs=(protobuf-compiler bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins docker.io)
+pkgs=(protobuf-compiler bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins iptables docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

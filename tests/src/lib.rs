@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+pub mod cri;
 pub mod docker;
 pub mod transfer;
 
@@ -160,10 +161,16 @@ pub struct Berthd {
     pub root: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl Berthd {
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// A berthd reading `config` (TOML) as its configuration file.
+    pub fn start_with_config(config: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e")
             .tempdir()
@@ -171,12 +178,18 @@ impl Berthd {
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = dir.path().join("berth.sock");
+        let config = (!config.is_empty()).then(|| {
+            let p = dir.path().join("berthd.toml");
+            std::fs::write(&p, config).unwrap();
+            p
+        });
         let mut d = Berthd {
             child: None,
             dir,
             root,
             state,
             socket,
+            config,
         };
         d.spawn();
         d
@@ -188,7 +201,11 @@ impl Berthd {
             .append(true)
             .open(self.dir.path().join("berthd.log"))
             .unwrap();
-        let child = Command::new(berthd_binary())
+        let mut cmd = Command::new(berthd_binary());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("--root")
             .arg(&self.root)
             .arg("--state")

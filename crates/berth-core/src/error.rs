@@ -22,6 +22,9 @@ pub enum Error {
     OutOfRange(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Work that did not finish in the time it was given.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -45,6 +48,7 @@ pub enum ErrorKind {
     Unsupported,
     /// Credentials were missing or refused (a registry's 401).
     Unauthenticated,
+    DeadlineExceeded,
     Internal,
 }
 
@@ -58,6 +62,7 @@ impl Error {
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::OutOfRange(_) => ErrorKind::OutOfRange,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }

@@ -504,7 +504,8 @@ pub(crate) fn remove_dir(d: &Path) -> Result<()> {
     }
 }
 
-pub(crate) fn disk_usage(path: &Path) -> Result<Usage> {
+/// Bytes and inodes used under `path` (not following links, not crossing devices).
+pub fn disk_usage(path: &Path) -> Result<Usage> {
     use std::collections::HashSet;
     use std::os::unix::fs::MetadataExt;
     let mut seen = HashSet::new();

@@ -411,8 +411,15 @@ impl ShimManager {
                 let exit = shim.delete("").await?;
                 task.closing.store(true, Ordering::SeqCst);
                 shim.shutdown().await?;
-                if let Some(gone) = self.launcher.exited(task.shim_pid) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), gone).await;
+                // A shim serving other tasks too (a pod's, grouped) stays up: only a shim
+                // left with no task is waited for.
+                let shared = lock(&self.tasks)
+                    .values()
+                    .any(|t| t.shim_pid == task.shim_pid && t.key != task.key);
+                if !shared {
+                    if let Some(gone) = self.launcher.exited(task.shim_pid) {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), gone).await;
+                    }
                 }
                 self.forget(&task);
                 remove_bundle(&task.bundle).await;

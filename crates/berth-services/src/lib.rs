@@ -7,6 +7,7 @@ pub type Empty = ();
 
 pub mod containers;
 pub mod content;
+pub mod cri;
 pub mod diff;
 pub mod events;
 pub mod images;

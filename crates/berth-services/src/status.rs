@@ -20,6 +20,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::OutOfRange => Code::OutOfRange,
         ErrorKind::Unsupported => Code::Unimplemented,
         ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Internal => Code::Internal,
     }
 }
@@ -39,6 +40,15 @@ pub fn runtime_status(e: berth_runtime::Error) -> Status {
 /// Registry errors: the kind decides the code, the message names registry and digest.
 pub fn registry_status(e: berth_registry::Error) -> Status {
     Status::new(code_of(e.kind()), e.to_string())
+}
+
+/// CRI errors: the kind decides the code; the message names the pod, container, image or
+/// CNI plugin.
+pub fn cri_status(e: berth_cri::Error) -> Status {
+    match e {
+        berth_cri::Error::Runtime(r) => runtime_status(r),
+        e => Status::new(code_of(e.kind()), e.to_string()),
+    }
 }
 
 /// The namespace a request is for, from the `containerd-namespace` header.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+mod pause;
 mod publish;
 
 use anyhow::{bail, Context, Result};
@@ -66,6 +67,9 @@ enum Command {
         #[arg(long)]
         namespace: String,
     },
+    /// Holds a new PID namespace open for a pod whose containers share one: prints the
+    /// pid of its init (this program, as PID 1 there) and leaves it running.
+    Pause,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -82,6 +86,34 @@ struct Config {
     runtimes: HashMap<String, PathBuf>,
     #[serde(default)]
     registry: RegistrySettings,
+    #[serde(default)]
+    cri: CriSettings,
+}
+
+/// `[cri]`: Kubernetes' CRI, served on the same socket.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+struct CriSettings {
+    enabled: bool,
+    /// The CNI configuration directory; the first file by name is the network.
+    cni_conf_dir: PathBuf,
+    /// Where CNI plugins are looked for, in order.
+    cni_bin_dirs: Vec<PathBuf>,
+    snapshotter: String,
+    /// The shim v2 runtime containers run with.
+    runtime: String,
+}
+
+impl Default for CriSettings {
+    fn default() -> Self {
+        CriSettings {
+            enabled: true,
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            snapshotter: "overlayfs".into(),
+            runtime: "io.containerd.runc.v2".into(),
+        }
+    }
 }
 
 /// `[registry]`: how server-side pulls reach registries.
@@ -124,6 +156,7 @@ struct Settings {
     gc_interval: Duration,
     runtimes: HashMap<String, PathBuf>,
     registry: RegistrySettings,
+    cri: CriSettings,
 }
 
 fn settings(args: Args) -> Result<Settings> {
@@ -155,6 +188,7 @@ fn settings(args: Args) -> Result<Settings> {
         gc_interval: Duration::from_secs(cfg.gc_interval_secs.unwrap_or(300)),
         runtimes: cfg.runtimes,
         registry: cfg.registry,
+        cri: cfg.cri,
     })
 }
 
@@ -217,6 +251,10 @@ async fn trim_memory() {
 }
 
 fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Pause) = args.command {
+        return pause::run();
+    }
     tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -225,11 +263,10 @@ fn main() -> Result<()> {
         .thread_keep_alive(Duration::from_secs(2))
         .build()
         .context("start the async runtime")?
-        .block_on(run())
+        .block_on(run(args))
 }
 
-async fn run() -> Result<()> {
-    let mut args = Args::parse();
+async fn run(mut args: Args) -> Result<()> {
     if let Some(Command::Publish { topic, namespace }) = args.command.take() {
         let address = args
             .address
@@ -349,8 +386,59 @@ async fn run() -> Result<()> {
         registry.clone(),
         stores.clone(),
     ));
-    let pusher = Arc::new(berth_registry::push::Pusher::new(registry, stores));
+    let pusher = Arc::new(berth_registry::push::Pusher::new(registry, stores.clone()));
     let streams = streaming::StreamRegistry::default();
+    let cri = if s.cri.enabled {
+        let snapshotter = if snapshotter_names.contains(&s.cri.snapshotter.as_str()) {
+            s.cri.snapshotter.clone()
+        } else {
+            tracing::warn!(wanted = %s.cri.snapshotter, "CRI snapshotter unavailable; using native");
+            "native".to_owned()
+        };
+        let cri_root = s.root.join("io.containerd.grpc.v1.cri");
+        let ctx = berth_cri::CriContext {
+            cfg: berth_cri::CriConfig {
+                root: cri_root.clone(),
+                state: s.state.join("io.containerd.grpc.v1.cri"),
+                cni: berth_cri::cni::CniSettings {
+                    conf_dir: s.cri.cni_conf_dir.clone(),
+                    bin_dirs: s.cri.cni_bin_dirs.clone(),
+                    cache_dir: cri_root.join("cni"),
+                },
+                snapshotter_root: s
+                    .root
+                    .join(format!("io.containerd.snapshotter.v1.{snapshotter}")),
+                snapshotter,
+                runtime: s.cri.runtime.clone(),
+                max_concurrent_downloads: s.registry.max_concurrent_downloads,
+                pause_command: vec![
+                    std::env::current_exe()
+                        .context("locate berthd binary")?
+                        .display()
+                        .to_string(),
+                    "pause".into(),
+                ],
+            },
+            store: berth_cri::store::CriStore::open(containers.clone(), &s.cri.runtime)
+                .context("open CRI records")?,
+            images: stores.clone(),
+            puller: puller.clone(),
+            runtime: runtime.clone(),
+            bus: events.clone(),
+            gc: gc.clone(),
+            cni: berth_cri::cni::Cni::new(berth_cri::cni::CniSettings {
+                conf_dir: s.cri.cni_conf_dir.clone(),
+                bin_dirs: s.cri.cni_bin_dirs.clone(),
+                cache_dir: cri_root.join("cni"),
+            }),
+            events: tokio::sync::broadcast::channel(256).0,
+            logs: Default::default(),
+            oom_killed: Default::default(),
+        };
+        Some(berth_cri::Cri::start(Arc::new(ctx)).await)
+    } else {
+        None
+    };
 
     let incoming = UnixListenerStream::new(listen(&s.address)?);
     tracing::info!(address = %s.address.display(), root = %s.root.display(), "berthd serving");
@@ -358,7 +446,26 @@ async fn run() -> Result<()> {
     // that the daemon is back after a restart. Everything berthd serves is up once it
     // listens.
     let (_health, health_service) = tonic_health::server::health_reporter();
+    let cri_services = cri.map(|c| {
+        use k8s_cri::v1::{
+            image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
+        };
+        (
+            RuntimeServiceServer::new(cri::CriRuntimeService { cri: c.clone() })
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+            ImageServiceServer::new(cri::CriImageService { cri: c })
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
+    });
+    let (cri_runtime, cri_images) = match cri_services {
+        Some((r, i)) => (Some(r), Some(i)),
+        None => (None, None),
+    };
     tonic::transport::Server::builder()
+        .add_optional_service(cri_runtime)
+        .add_optional_service(cri_images)
         .add_service(health_service)
         .add_service(VersionServer::new(version::VersionService))
         .add_service(NamespacesServer::new(namespaces::NamespacesService {
