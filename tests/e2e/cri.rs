@@ -319,8 +319,108 @@ fn root_a_pod_runs_its_containers_on_the_network_and_leaves_nothing() {
         .unwrap()
         .items
         .is_empty());
+
+    // After the restart a new pod runs too: one PID namespace for the pod, a Guaranteed
+    // container's oom_score_adj, and GetContainerEvents following the container's life.
+    let events = c2.watch_events();
+    let mut pod2 = pod_config("web2", logs.path(), &parent);
+    if let Some(sc) = pod2.linux.as_mut().unwrap().security_context.as_mut() {
+        sc.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
+    }
+    let pod2_id = c2
+        .run_pod(pod2.clone())
+        .unwrap_or_else(|e| panic!("run pod after restart: {e:?}\n{}", d.log()));
+    let ip2 = c2.pod_status(&pod2_id).network.unwrap().ip;
+    let mut web2 = container_config(
+        "httpd2",
+        &image,
+        "busybox mkdir -p /www && echo second-pod > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    );
+    let linux = web2.linux.as_mut().unwrap();
+    let sc = linux.security_context.as_mut().unwrap();
+    sc.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
+    linux.resources = Some(cri::LinuxContainerResources {
+        oom_score_adj: -997,
+        ..Default::default()
+    });
+    let web2_id = c2.create(&pod2_id, web2, &pod2).unwrap();
+    c2.start(&web2_id)
+        .unwrap_or_else(|e| panic!("start after restart: {e:?}\n{}", d.log()));
+    wait_until("the second pod's server", Duration::from_secs(10), || {
+        http_get(&format!("{ip2}:80")).is_ok_and(|b| b.contains("second-pod"))
+    });
+    // PID 1 of the pod is its namespace holder; scores below berthd's own are raised to
+    // it when berthd lacks CAP_SYS_RESOURCE, and Status says so.
+    let procs = cgroup_file("memory", &parent, &web2_id, "cgroup.procs");
+    let main_pid = procs.lines().next().expect("the container's process");
+    let score = std::fs::read_to_string(format!("/proc/{main_pid}/oom_score_adj")).unwrap();
+    let can_lower = cap_sys_resource();
+    let bundle = d
+        .state
+        .join("io.containerd.runtime.v2.task/k8s.io")
+        .join(&web2_id)
+        .join("config.json");
+    assert_eq!(
+        score.trim(),
+        if can_lower { "-997" } else { "0" },
+        "{}",
+        std::fs::read_to_string(bundle).unwrap_or_default()
+    );
+    let r = c2.exec(&web2_id, &["cat", "/proc/1/cmdline"], 5).unwrap();
+    let init = String::from_utf8_lossy(&r.stdout).replace('\0', " ");
+    assert!(init.contains("pause"), "{init}");
+    let req = cri::StatusRequest { verbose: false };
+    let conditions = c2
+        .call(|x| x.runtime.status(req))
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions;
+    let clamped = conditions.iter().find(|c| c.r#type == "OOMScoreAdjClamped");
+    assert_eq!(clamped.is_some(), !can_lower, "{conditions:?}");
+    c2.stop_pod(&pod2_id).unwrap();
+    c2.remove_pod(&pod2_id).unwrap();
+    assert_eq!(leftovers(&d, &net), (vec![], 0, vec![]));
+    wait_until("container events", Duration::from_secs(5), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| *id == web2_id)
+            .count()
+            >= 4
+    });
+    let kinds: Vec<i32> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| *id == web2_id)
+        .map(|(_, k)| *k)
+        .collect();
+    use cri::ContainerEventType as E;
+    assert_eq!(
+        kinds,
+        [
+            E::ContainerCreatedEvent as i32,
+            E::ContainerStartedEvent as i32,
+            E::ContainerStoppedEvent as i32,
+            E::ContainerDeletedEvent as i32
+        ]
+    );
+
     let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/memory{parent}"));
     let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/cpu{parent}"));
+}
+
+/// Whether this process may lower oom_score_adj below its own (CAP_SYS_RESOURCE).
+fn cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    eff & (1 << 24) != 0
 }
 
 #[test]
@@ -510,4 +610,60 @@ fn root_status_reports_runtime_and_network_readiness() {
         rc.linux.unwrap().cgroup_driver,
         cri::CgroupDriver::Cgroupfs as i32
     );
+}
+
+#[test]
+fn root_the_kubelets_pod_cidr_fills_the_cni_template() {
+    // The test network's configuration becomes a template; the conf dir starts empty.
+    let net = CniNet::new(3, None);
+    let conf = net.dir.path().join("conf");
+    let file = conf.join("10-test.conflist");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let cidr = format!("{}.0/24", net.subnet_prefix);
+    let template = net.dir.path().join("template.conflist");
+    std::fs::write(&template, text.replace(&cidr, "{{.PodCIDR}}")).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let config = format!(
+        "{}cni_conf_template = \"{}\"\n",
+        net.berthd_config(),
+        template.display()
+    );
+    let d = Berthd::start_with_config(&config);
+    let mut c = Cri::connect(&d.socket);
+    let network_ready = |c: &mut Cri| {
+        let req = cri::StatusRequest { verbose: false };
+        let s = c.call(|x| x.runtime.status(req)).unwrap().status.unwrap();
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "NetworkReady" && c.status)
+    };
+    assert!(!network_ready(&mut c));
+
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    let req = update("not-a-cidr");
+    let e = c
+        .call(|x| x.runtime.update_runtime_config(req))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not-a-cidr"), "{e:?}");
+    assert!(!network_ready(&mut c));
+
+    let req = update(&cidr);
+    c.call(|x| x.runtime.update_runtime_config(req)).unwrap();
+    assert!(network_ready(&mut c));
+    let logs = tempfile::tempdir().unwrap();
+    let pod = c
+        .run_pod(pod_config("templated", logs.path(), ""))
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", d.log()));
+    let ip = c.pod_status(&pod).network.unwrap().ip;
+    assert!(ip.starts_with(&net.subnet_prefix), "{ip} not in {cidr}");
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
+    assert_eq!(leftovers(&d, &net), (vec![], 0, vec![]));
 }

@@ -134,6 +134,26 @@ impl Cri {
         self.call(|c| c.runtime.remove_pod_sandbox(req)).map(|_| ())
     }
 
+    /// Follows GetContainerEvents in the background: (container id, event type) as they come.
+    pub fn watch_events(&mut self) -> std::sync::Arc<std::sync::Mutex<Vec<(String, i32)>>> {
+        let mut client = self.clients.runtime.clone();
+        let mut stream = self
+            .rt
+            .block_on(client.get_container_events(cri::GetEventsRequest {}))
+            .unwrap()
+            .into_inner();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = seen.clone();
+        self.rt.spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                out.lock()
+                    .unwrap()
+                    .push((e.container_id, e.container_event_type));
+            }
+        });
+        seen
+    }
+
     pub fn pull(&mut self, image: &str) -> Result<String, tonic::Status> {
         let req = cri::PullImageRequest {
             image: Some(cri::ImageSpec {

@@ -28,6 +28,39 @@ pub struct CniSettings {
     pub bin_dirs: Vec<PathBuf>,
     /// Where ADD results are kept for DEL (under --root: they must survive a restart).
     pub cache_dir: PathBuf,
+    /// A configuration with `{{.PodCIDR}}` placeholders, written into `conf_dir` as
+    /// [`TEMPLATED_CONF`] once the kubelet sends the node's pod CIDR (UpdateRuntimeConfig).
+    pub conf_template: Option<PathBuf>,
+}
+
+/// The file a configuration template becomes.
+pub const TEMPLATED_CONF: &str = "10-berth-cri.conflist";
+
+/// Fills a configuration template: `{{.PodCIDR}}` is the first of the node's pod CIDRs
+/// (the kubelet sends them comma-separated), `{{.PodCIDRRanges}}` the JSON list of all.
+pub fn render_template(template: &str, pod_cidr: &str) -> Result<String> {
+    let ranges: Vec<&str> = pod_cidr
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .collect();
+    for r in &ranges {
+        let ok = r.split_once('/').is_some_and(|(ip, bits)| {
+            ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
+        });
+        if !ok {
+            return Err(Error::InvalidArgument(format!(
+                "pod CIDR {r:?} is not an address range"
+            )));
+        }
+    }
+    let first = ranges
+        .first()
+        .ok_or_else(|| Error::InvalidArgument("no pod CIDR given".into()))?;
+    Ok(template.replace("{{.PodCIDR}}", first).replace(
+        "{{.PodCIDRRanges}}",
+        &serde_json::to_string(&ranges).unwrap_or_default(),
+    ))
 }
 
 /// A loaded network configuration list.
@@ -127,6 +160,28 @@ impl Cni {
         let net = parse_network(&bytes, &file)?;
         *loaded = Some((file, mtime, net.clone()));
         Ok(net)
+    }
+
+    /// Writes the configuration template for the node's pod CIDR; returns the file written,
+    /// or None when no template is configured. The result must parse as a network before
+    /// it replaces the previous file.
+    pub fn apply_pod_cidr(&self, pod_cidr: &str) -> Result<Option<PathBuf>> {
+        let Some(template) = &self.settings.conf_template else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(template).map_err(Error::io("read", template))?;
+        let rendered = render_template(&text, pod_cidr)?;
+        let file = self.settings.conf_dir.join(TEMPLATED_CONF);
+        parse_network(rendered.as_bytes(), &file)?;
+        std::fs::create_dir_all(&self.settings.conf_dir)
+            .map_err(Error::io("create", &self.settings.conf_dir))?;
+        let tmp = self
+            .settings
+            .conf_dir
+            .join(format!(".{TEMPLATED_CONF}.tmp"));
+        std::fs::write(&tmp, rendered).map_err(Error::io("write", &tmp))?;
+        std::fs::rename(&tmp, &file).map_err(Error::io("rename", &file))?;
+        Ok(Some(file))
     }
 
     /// Whether networking can work: a configuration and every plugin it names.
@@ -419,6 +474,47 @@ mod tests {
     }
 
     #[test]
+    fn a_template_becomes_the_network_for_the_pod_cidr() {
+        let t = tempfile::tempdir().unwrap();
+        let template = t.path().join("template.json");
+        std::fs::write(
+            &template,
+            r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge","ipam":{"type":"host-local","ranges":[[{"subnet":"{{.PodCIDR}}"}]]},"all":{{.PodCIDRRanges}}}]}"#,
+        )
+        .unwrap();
+        let cni = Cni::new(CniSettings {
+            conf_dir: t.path().join("net.d"),
+            bin_dirs: vec![],
+            cache_dir: t.path().join("cache"),
+            conf_template: Some(template),
+        });
+        let file = cni
+            .apply_pod_cidr("10.244.1.0/24, fd00:1::/64")
+            .unwrap()
+            .unwrap();
+        assert!(file.ends_with(TEMPLATED_CONF));
+        let net = cni.network().unwrap();
+        assert_eq!(
+            net.plugins[0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.1.0/24"
+        );
+        assert_eq!(
+            net.plugins[0]["all"],
+            json!(["10.244.1.0/24", "fd00:1::/64"])
+        );
+        for bad in ["", "10.244.1.0", "nonsense/24"] {
+            let e = cni.apply_pod_cidr(bad).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                berth_core::ErrorKind::InvalidArgument,
+                "{bad}: {e}"
+            );
+        }
+        // The earlier file stays when a new CIDR is refused.
+        assert_eq!(cni.network().unwrap().name, "k8s");
+    }
+
+    #[test]
     fn pod_ips_prefer_eth0_and_ipv4() {
         let r = json!({
             "interfaces": [{"name":"cni0"},{"name":"veth1"},{"name":"eth0","sandbox":"/x"}],
@@ -441,6 +537,7 @@ mod tests {
             conf_dir: conf.clone(),
             bin_dirs: vec![t.path().join("bin")],
             cache_dir: t.path().join("cache"),
+            conf_template: None,
         });
         assert!(cni
             .network()

@@ -136,6 +136,7 @@ impl CriContainers {
                         image: &img.resolved.image_config,
                         image_name: &image_for_record,
                         identity: &identity,
+                        oom_floor: &ctx.oom_floor,
                     })?;
                     let log_path = (!sb.config.log_directory.is_empty()
                         && !cfg.log_path.is_empty())

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::netns::{self, PodNamespaces, Want};
 use crate::store::{now_ns, SandboxRecord, SandboxState};
 
+/// The `oom_score_adj` of a sandbox's own process (the kubelet's value for pod infra).
+const SANDBOX_OOM_SCORE_ADJ: i64 = -998;
+
 /// NamespaceMode values.
 const POD: i32 = 0;
 const NODE: i32 = 2;
@@ -489,7 +492,12 @@ fn make_sandbox(
             s.shm = Some(shm);
         }
         if opts.pid == POD {
-            s.pid_holder = Some(start_pid_holder(&ctx.cfg.pause_command)?);
+            let pid = start_pid_holder(&ctx.cfg.pause_command)?;
+            s.pid_holder = Some(pid);
+            // A sandbox's own process is the last the OOM killer should pick.
+            let score = ctx.oom_floor.clamp(SANDBOX_OOM_SCORE_ADJ);
+            std::fs::write(format!("/proc/{pid}/oom_score_adj"), score.to_string())
+                .map_err(Error::io("set the oom_score_adj of", format!("pid {pid}")))?;
         }
         Ok::<_, Error>(())
     })();

@@ -317,6 +317,8 @@ pub struct Input<'a> {
     pub image: &'a ImageConfiguration,
     pub image_name: &'a str,
     pub identity: &'a Identity,
+    /// The score the container's `oom_score_adj` is raised to when it asks for less.
+    pub oom_floor: &'a crate::context::OomFloor,
 }
 
 fn ns(kind: &str, path: Option<&Path>) -> Value {
@@ -519,7 +521,9 @@ pub fn container_spec(i: &Input<'_>) -> Result<(Vec<u8>, String)> {
         }
     }
 
-    let oom = lc.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0);
+    let oom = i
+        .oom_floor
+        .clamp(lc.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0));
     let mut process = json!({
         "terminal": i.config.tty,
         "user": {"uid": i.identity.uid, "gid": i.identity.gid},
@@ -532,9 +536,8 @@ pub fn container_spec(i: &Input<'_>) -> Result<(Vec<u8>, String)> {
     if !i.identity.additional_gids.is_empty() {
         process["user"]["additionalGids"] = json!(i.identity.additional_gids);
     }
-    if oom != 0 {
-        process["oomScoreAdj"] = json!(oom);
-    }
+    // Always set: left out, the container would take its shim's score.
+    process["oomScoreAdj"] = json!(oom);
     let meta = pod.metadata.clone().unwrap_or_default();
     let cname = i.config.metadata.clone().unwrap_or_default().name;
     let mut annotations: BTreeMap<String, String> = i

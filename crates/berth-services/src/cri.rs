@@ -390,7 +390,23 @@ impl RuntimeService for CriRuntimeService {
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
-        tracing::info!(pod_cidr = %cidr, "runtime config from the kubelet (the CNI configuration decides pod addresses)");
+        if cidr.is_empty() {
+            return ok(cri::UpdateRuntimeConfigResponse {});
+        }
+        let cri_ = self.cri.clone();
+        let given = cidr.clone();
+        let written = tokio::task::spawn_blocking(move || cri_.ctx.cni.apply_pod_cidr(&given))
+            .await
+            .map_err(|e| Status::internal(format!("runtime config worker: {e}")))?
+            .map_err(crate::status::cri_status)?;
+        match written {
+            Some(file) => {
+                tracing::info!(pod_cidr = %cidr, file = %file.display(), "CNI configuration written for the node's pod CIDR")
+            }
+            None => {
+                tracing::info!(pod_cidr = %cidr, "pod CIDR from the kubelet; no CNI template is configured, so the CNI configuration decides pod addresses")
+            }
+        }
         ok(cri::UpdateRuntimeConfigResponse {})
     }
 
@@ -425,6 +441,15 @@ impl RuntimeService for CriRuntimeService {
                 reason: "NetworkPluginNotReady".into(),
                 message: format!("Network plugin returns error: {e}"),
             }),
+        }
+        if let Some(message) = self.cri.ctx.oom_floor.clamped() {
+            // Informational: the kubelet only requires the two conditions above.
+            conditions.push(cri::RuntimeCondition {
+                r#type: "OOMScoreAdjClamped".into(),
+                status: true,
+                reason: "NoCapSysResource".into(),
+                message,
+            });
         }
         ok(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),

@@ -99,6 +99,9 @@ struct CriSettings {
     cni_conf_dir: PathBuf,
     /// Where CNI plugins are looked for, in order.
     cni_bin_dirs: Vec<PathBuf>,
+    /// A CNI configuration with `{{.PodCIDR}}`, written into the conf dir when the kubelet
+    /// sends the node's pod CIDR.
+    cni_conf_template: Option<PathBuf>,
     snapshotter: String,
     /// The shim v2 runtime containers run with.
     runtime: String,
@@ -110,6 +113,7 @@ impl Default for CriSettings {
             enabled: true,
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            cni_conf_template: None,
             snapshotter: "overlayfs".into(),
             runtime: "io.containerd.runc.v2".into(),
         }
@@ -400,11 +404,6 @@ async fn run(mut args: Args) -> Result<()> {
             cfg: berth_cri::CriConfig {
                 root: cri_root.clone(),
                 state: s.state.join("io.containerd.grpc.v1.cri"),
-                cni: berth_cri::cni::CniSettings {
-                    conf_dir: s.cri.cni_conf_dir.clone(),
-                    bin_dirs: s.cri.cni_bin_dirs.clone(),
-                    cache_dir: cri_root.join("cni"),
-                },
                 snapshotter_root: s
                     .root
                     .join(format!("io.containerd.snapshotter.v1.{snapshotter}")),
@@ -430,10 +429,12 @@ async fn run(mut args: Args) -> Result<()> {
                 conf_dir: s.cri.cni_conf_dir.clone(),
                 bin_dirs: s.cri.cni_bin_dirs.clone(),
                 cache_dir: cri_root.join("cni"),
+                conf_template: s.cri.cni_conf_template.clone(),
             }),
             events: tokio::sync::broadcast::channel(256).0,
             logs: Default::default(),
             oom_killed: Default::default(),
+            oom_floor: berth_cri::context::OomFloor::probe(),
         };
         Some(berth_cri::Cri::start(Arc::new(ctx)).await)
     } else {
