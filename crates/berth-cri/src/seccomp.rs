@@ -472,10 +472,31 @@ pub fn default_profile(caps: &[String]) -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": 1,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
-                           "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "architectures": architectures(),
         "syscalls": syscalls,
     })
+}
+
+/// The host's architecture and those its kernel also runs (32-bit compat). Naming
+/// others would only make the runtime compile filters no process can use.
+fn architectures() -> &'static [&'static str] {
+    if cfg!(target_arch = "x86_64") {
+        &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    } else if cfg!(target_arch = "aarch64") {
+        &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    } else if cfg!(target_arch = "x86") {
+        &["SCMP_ARCH_X86"]
+    } else if cfg!(target_arch = "arm") {
+        &["SCMP_ARCH_ARM"]
+    } else if cfg!(target_arch = "riscv64") {
+        &["SCMP_ARCH_RISCV64"]
+    } else if cfg!(target_arch = "s390x") {
+        &["SCMP_ARCH_S390X", "SCMP_ARCH_S390"]
+    } else if cfg!(all(target_arch = "powerpc64", target_endian = "little")) {
+        &["SCMP_ARCH_PPC64LE"]
+    } else {
+        &[]
+    }
 }
 
 #[cfg(test)]
@@ -488,6 +509,24 @@ mod tests {
                 && s["args"].is_null()
                 && s["names"].as_array().unwrap().iter().any(|n| n == name)
         })
+    }
+
+    #[test]
+    fn only_the_hosts_architectures_are_named() {
+        let p = default_profile(&[]);
+        let arches: Vec<&str> = p["architectures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(
+                arches,
+                ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+            );
+        }
+        assert!(!arches.is_empty());
     }
 
     #[test]

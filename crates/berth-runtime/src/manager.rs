@@ -317,8 +317,10 @@ impl ShimManager {
         let bootstrap = self.bootstrap(binary);
         let log = spawn_log_reader(&bundle);
         let options = req.task_options.as_ref().or(req.runtime_options.as_ref());
+        let t0 = std::time::Instant::now();
         let built = async {
             let address = self.launcher.start(&bootstrap, &bundle, options).await?;
+            let launched = t0.elapsed();
             let shim = match self.launcher.connect(&address, &req.key).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -334,10 +336,10 @@ impl ShimManager {
                     return Err(e);
                 }
             };
-            Ok((shim, pid))
+            Ok((shim, pid, launched))
         }
         .await;
-        let (shim, pid) = match built {
+        let (shim, pid, launched) = match built {
             Ok(v) => v,
             Err(e) => {
                 log.abort();
@@ -345,6 +347,12 @@ impl ShimManager {
                 return Err(e);
             }
         };
+        tracing::debug!(
+            task = %req.key.id,
+            shim_start_ms = launched.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "task created"
+        );
         let shim_pid = match shim.connect_info().await {
             Ok((shim_pid, _)) => shim_pid,
             Err(_) => bundle.shim_pid().map_or(0, |p| p as u32),
