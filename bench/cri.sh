@@ -19,6 +19,7 @@ berthd_bin=$PWD/target/release/berthd
 client=$PWD/target/release/examples/cri_pods
 work=/tmp/berth-bench-cri
 parent=/berth-bench-cri
+bench_cgroups=${parent#/}
 cleanup() {
   set +e
   [[ -n ${one_pid:-} ]] && { "$client" teardown "$one_sock" >/dev/null 2>&1; }
@@ -26,7 +27,6 @@ cleanup() {
   mkdir -p /tmp/berth-bench-cri-logs && cp "$work"/*.log /tmp/berth-bench-cri-logs/ 2>/dev/null
   cleanup_work
   ip link del bbench0 2>/dev/null
-  for c in /sys/fs/cgroup/*/$parent; do [[ -d $c ]] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null; done
 }
 trap cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=4g tmpfs "$work"

@@ -12,6 +12,7 @@ batch=${2:-5}
 cargo build --release --locked -p berthd >/dev/null
 berthd_bin=$PWD/target/release/berthd
 work=/tmp/berth-bench-docker
+bench_cgroups=docker
 cleanup() {
   set +e
   [[ -n ${d_pid:-} ]] && kill "$d_pid" && wait "$d_pid"

@@ -51,6 +51,19 @@ cleanup_work() {
   grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
   umount -l "$work" 2>/dev/null
   rm -rf "$work"
+  remove_cgroups ${bench_cgroups:-}
+}
+
+# Removes the (empty) cgroup directories named $@ under every controller, deepest first:
+# runc removes a container's own cgroup but not the namespace or pod parent above it.
+remove_cgroups() {
+  local name c
+  for name in "$@"; do
+    for c in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
+      [[ -d $c ]] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+  done
+  return 0
 }
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

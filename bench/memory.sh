@@ -12,6 +12,7 @@ cargo build --release --locked -p berth-e2e --example transfer_pull >/dev/null
 berthd_bin=$PWD/target/release/berthd
 client=$PWD/target/release/examples/transfer_pull
 work=/tmp/berth-bench-mem
+bench_cgroups=mem
 trap cleanup_work EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=8g tmpfs "$work"
 start_registry 5196

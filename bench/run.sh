@@ -13,6 +13,7 @@ berthd_bin=$PWD/target/release/berthd
 work=/tmp/berth-bench-run
 b_ns=bench-berth
 c_ns=bench-containerd
+bench_cgroups="$b_ns $c_ns"
 cleanup() {
   set +e
   for pair in "$work/berth.sock:$b_ns" "$work/containerd.sock:$c_ns"; do

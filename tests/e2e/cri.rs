@@ -49,6 +49,8 @@ fn leftovers(d: &Berthd, net: &CniNet) -> (Vec<String>, usize, Vec<String>) {
 
 #[test]
 fn root_a_pod_runs_its_containers_on_the_network_and_leaves_nothing() {
+    // Declared first so that it is dropped last, after the pods below it are gone.
+    let cgroup = CgroupParent::new("pod");
     let (_reg, image) = busybox_registry();
     let net = CniNet::new(1, None);
     let mut d = Berthd::start_with_config(&net.berthd_config());
@@ -59,7 +61,7 @@ fn root_a_pod_runs_its_containers_on_the_network_and_leaves_nothing() {
     assert!(id.starts_with("sha256:"), "{id}");
 
     let logs = tempfile::tempdir().unwrap();
-    let parent = format!("/berth-e2e-{}", std::process::id());
+    let parent = cgroup.0.clone();
     let mut pod = pod_config("web", logs.path(), &parent);
     pod.port_mappings = vec![cri::PortMapping {
         protocol: 0,
@@ -407,9 +409,6 @@ fn root_a_pod_runs_its_containers_on_the_network_and_leaves_nothing() {
             E::ContainerDeletedEvent as i32
         ]
     );
-
-    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/memory{parent}"));
-    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/cpu{parent}"));
 }
 
 /// Whether this process may lower oom_score_adj below its own (CAP_SYS_RESOURCE).

@@ -26,6 +26,8 @@ pub struct Clients {
 
 impl Cri {
     pub fn connect(socket: &Path) -> Self {
+        // Pods without a cgroup parent go below `/k8s.io`, removed with the last daemon.
+        crate::note_namespace("k8s.io");
         let rt = tokio::runtime::Runtime::new().unwrap();
         let ch = rt.block_on(containerd_client::connect(socket)).unwrap();
         Cri {

@@ -13,6 +13,8 @@ pub struct Dockerd {
     pub socket: PathBuf,
     containerd: PathBuf,
     args: Vec<String>,
+    /// Docker's containers go below a cgroup of this daemon's own, removed on drop.
+    cgroup: crate::CgroupParent,
 }
 
 impl Dockerd {
@@ -26,7 +28,14 @@ impl Dockerd {
             .tempdir()
             .unwrap();
         let socket = dir.path().join("docker.sock");
+        let tag = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let mut d = Dockerd {
+            cgroup: crate::CgroupParent::new(&tag),
             child: None,
             dir,
             socket,
@@ -56,6 +65,8 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup.0)
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)

@@ -2,10 +2,12 @@
 //! berthd on temporary directories, Debian's `ctr` as the client, and OCI images built
 //! from /bin/busybox. Every fixture cleans up on drop, also when a test fails.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -154,6 +156,70 @@ pub fn berthd_binary() -> PathBuf {
     p
 }
 
+/// Removes the cgroup directory `name` (relative to each controller's root) and what is
+/// below it, deepest first, where they are empty: runc removes a container's own cgroup
+/// but not the namespace or pod parent it made above it. A cgroup still in use stays.
+pub fn remove_cgroups(name: &str) {
+    let name = name.trim_matches('/');
+    if name.is_empty() || name.contains("..") {
+        return;
+    }
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for root in roots
+        .map(|e| e.path())
+        .chain([PathBuf::from("/sys/fs/cgroup")])
+    {
+        let top = root.join(name);
+        if top.is_dir() && !top.join("cgroup.procs").exists() {
+            continue; // not a cgroup (a controller directory of the same name)
+        }
+        rmdir_deepest_first(&top);
+    }
+}
+
+fn rmdir_deepest_first(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            rmdir_deepest_first(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A cgroup parent of a test's own (`/berth-e2e-PID-TAG`), as the kubelet makes one per
+/// pod; removed with everything empty below it on drop.
+pub struct CgroupParent(pub String);
+
+impl CgroupParent {
+    pub fn new(tag: &str) -> Self {
+        CgroupParent(format!("/berth-e2e-{}-{tag}", std::process::id()))
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        remove_cgroups(&self.0);
+    }
+}
+
+/// Daemons alive in this test process and the containerd namespaces they ran tasks in.
+/// Namespace cgroups (`/NS`, made by runc for `ctr`'s `/NS/ID` paths) are shared between
+/// tests, so they are removed only when the last daemon goes, under this lock, so that no
+/// container of a parallel test is being created below them at that moment.
+static LIVE: Mutex<(usize, BTreeSet<String>)> = Mutex::new((0, BTreeSet::new()));
+
+/// Records that a test used containerd namespace `ns`, whose cgroup goes with the last
+/// daemon of the process (berthd removes a namespace's bundle directory once it is empty).
+pub fn note_namespace(ns: &str) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .1
+        .insert(ns.to_owned());
+}
+
 /// A berthd on temporary root/state directories.
 pub struct Berthd {
     child: Option<Child>,
@@ -183,6 +249,7 @@ impl Berthd {
             std::fs::write(&p, config).unwrap();
             p
         });
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
         let mut d = Berthd {
             child: None,
             dir,
@@ -248,6 +315,7 @@ impl Berthd {
     /// Runs `ctr -a SOCKET -n NS ARGS...`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
         require("ctr");
+        note_namespace(ns);
         // Bounded: a daemon that hangs fails the test instead of stalling the suite.
         Command::new("timeout")
             .args(["-s", "KILL", "120", "ctr"])
@@ -326,6 +394,17 @@ impl Drop for Berthd {
         left.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in left {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        let tasks = self.state.join("io.containerd.runtime.v2.task");
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            live.1.insert(ns.file_name().to_string_lossy().into_owned());
+        }
+        live.0 -= 1;
+        if live.0 == 0 {
+            for ns in std::mem::take(&mut live.1) {
+                remove_cgroups(&ns);
+            }
         }
     }
 }
