@@ -56,12 +56,20 @@ cleanup_work() {
 
 # Removes the (empty) cgroup directories named $@ under every controller, deepest first:
 # runc removes a container's own cgroup but not the namespace or pod parent above it.
+# Containers killed just before may take a moment to leave theirs: tries for 10 s.
 remove_cgroups() {
-  local name c
-  for name in "$@"; do
-    for c in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
-      [[ -d $c ]] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+  local name c try left
+  for try in $(seq 20); do
+    left=0
+    for name in "$@"; do
+      for c in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
+        [[ -d $c ]] || continue
+        find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+        [[ -d $c ]] && left=1
+      done
     done
+    ((left)) || break
+    sleep 0.5
   done
   return 0
 }

@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 pub mod cri;
 pub mod docker;
+pub mod stream;
 pub mod transfer;
 
 pub fn sha256(data: &[u8]) -> String {
@@ -294,6 +295,11 @@ impl Berthd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("berthd is running").id()
     }
 
     /// SIGKILL, as a crash would.

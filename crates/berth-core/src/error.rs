@@ -49,6 +49,8 @@ pub enum ErrorKind {
     /// Credentials were missing or refused (a registry's 401).
     Unauthenticated,
     DeadlineExceeded,
+    /// A bounded resource is full (too many requests waiting).
+    ResourceExhausted,
     Internal,
 }
 

@@ -13,7 +13,7 @@ use berth_core::snapshot::{Kind, NewSnapshot};
 use berth_runtime::{CreateTask, Stdio, TaskKey, TaskStatus};
 use k8s_cri::v1 as cri;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::context::{blocking, ContainerEventKind, CriContext, LiveLog};
 use crate::error::{Error, Result};
@@ -22,12 +22,14 @@ use crate::logs::{self, ContainerLog, Stream};
 use crate::store::{namespace, now_ns, ContainerRecord, SandboxState};
 
 pub const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+pub(crate) const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 /// How long a stop waits for the exit after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// ExecSync output kept per stream.
 const EXEC_OUTPUT_LIMIT: usize = 16 << 20;
+/// Output chunks an attached client may fall behind by before it misses some.
+const ATTACH_BACKLOG: usize = 1024;
 
 /// The CRI state of a container record (and its task, if it runs).
 pub fn state_of(r: &ContainerRecord) -> cri::ContainerState {
@@ -41,11 +43,11 @@ pub fn state_of(r: &ContainerRecord) -> cri::ContainerState {
 }
 
 pub struct CriContainers {
-    ctx: Arc<CriContext>,
+    pub(crate) ctx: Arc<CriContext>,
     images: Arc<CriImages>,
 }
 
-fn key(id: &str) -> Result<TaskKey> {
+pub(crate) fn key(id: &str) -> Result<TaskKey> {
     Ok(TaskKey::new(crate::store::NAMESPACE, id)?)
 }
 
@@ -206,7 +208,7 @@ impl CriContainers {
         }
     }
 
-    async fn record(&self, id: &str) -> Result<ContainerRecord> {
+    pub(crate) async fn record(&self, id: &str) -> Result<ContainerRecord> {
         let (ctx, id) = (self.ctx.clone(), id.to_owned());
         blocking(move || ctx.store.container(&id)).await
     }
@@ -220,17 +222,32 @@ impl CriContainers {
             .unwrap_or_else(|| PathBuf::from("/dev/null"));
         let log = ContainerLog::open(&path).await?;
         let (exited, rx) = watch::channel(false);
+        let (tap, _) = broadcast::channel(ATTACH_BACKLOG);
         let out = logs::open_fifo(&dir.join("stdout"))?;
         let err = if r.config.tty {
             None
         } else {
             Some(logs::open_fifo(&dir.join("stderr"))?)
         };
+        // Held open (read and write, so opening never waits) for attached clients; the
+        // shim sees its end when berthd closes it.
+        let stdin = if r.config.stdin {
+            let p = dir.join("stdin");
+            let tx = tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(&p)
+                .map_err(Error::io("open fifo", &p))?;
+            Some(Arc::new(tokio::sync::Mutex::new(Some(tx))))
+        } else {
+            None
+        };
+        let output = tap.downgrade();
         let mut copiers = vec![tokio::spawn(logs::copy(
             out,
             Stream::Stdout,
             log.clone(),
             rx.clone(),
+            tap.clone(),
         ))];
         if let Some(err) = err {
             copiers.push(tokio::spawn(logs::copy(
@@ -238,6 +255,7 @@ impl CriContainers {
                 Stream::Stderr,
                 log.clone(),
                 rx,
+                tap,
             )));
         }
         self.ctx
@@ -250,6 +268,8 @@ impl CriContainers {
                     log,
                     exited,
                     copiers,
+                    output,
+                    stdin,
                 },
             );
         Ok(())
@@ -327,13 +347,16 @@ impl CriContainers {
     /// Creates and starts the task; returns its pid and when it was started.
     async fn start_task(self: &Arc<Self>, r: &ContainerRecord) -> Result<(u32, i64)> {
         let dir = self.ctx.container_dir(&r.id);
-        let tty = r.config.tty;
+        let (tty, stdin) = (r.config.tty, r.config.stdin);
         let (ctx, id, d) = (self.ctx.clone(), r.id.clone(), dir.clone());
         let (core, mounts) = blocking(move || {
             std::fs::create_dir_all(&d).map_err(Error::io("create", &d))?;
             logs::make_fifo(&d.join("stdout"))?;
             if !tty {
                 logs::make_fifo(&d.join("stderr"))?;
+            }
+            if stdin {
+                logs::make_fifo(&d.join("stdin"))?;
             }
             let core = ctx.store.core_container(&id)?;
             let mounts =
@@ -359,7 +382,11 @@ impl CriContainers {
                 spec,
                 rootfs: mounts,
                 stdio: Stdio {
-                    stdin: String::new(),
+                    stdin: if stdin {
+                        dir.join("stdin").display().to_string()
+                    } else {
+                        String::new()
+                    },
                     stdout: dir.join("stdout").display().to_string(),
                     stderr: if tty {
                         String::new()

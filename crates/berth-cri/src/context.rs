@@ -52,11 +52,16 @@ pub struct ContainerEvent {
     pub at: i64,
 }
 
-/// A running container's log: the file, and a flag its copiers watch for the exit.
+/// A running container's log: the file, and a flag its copiers watch for the exit; what
+/// they copy is also offered to attached clients, and the container's stdin (when its
+/// config asked for one) is held open here for them.
 pub struct LiveLog {
     pub log: Arc<ContainerLog>,
     pub exited: watch::Sender<bool>,
     pub copiers: Vec<tokio::task::JoinHandle<()>>,
+    /// The copiers hold the strong ends: the channel closes when the output has ended.
+    pub output: broadcast::WeakSender<crate::logs::Chunk>,
+    pub stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>>>,
 }
 
 pub struct CriContext {

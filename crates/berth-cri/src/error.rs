@@ -23,6 +23,10 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Internal(String),
     /// A CNI plugin failed: its own code and message.
     #[error("CNI plugin {plugin} {command} for network {network:?} failed: {message}")]
     Cni {
@@ -50,7 +54,8 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
-            Error::Cni { .. } | Error::Io { .. } => ErrorKind::Internal,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Cni { .. } | Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cni;
 pub mod containers;
 pub mod context;
 pub mod error;
+pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod monitor;
@@ -18,6 +19,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod users;
 
 use std::sync::Arc;
@@ -32,24 +34,32 @@ pub struct Cri {
     pub containers: Arc<containers::CriContainers>,
     pub images: Arc<images::CriImages>,
     pub stats: Arc<stats::Stats>,
+    pub streaming: Arc<streaming::Streaming>,
 }
 
 impl Cri {
     /// Builds the modules, brings containers in line with their tasks (after a restart
-    /// some ended or lost their log copiers), and follows task exits from then on.
-    pub async fn start(ctx: Arc<CriContext>) -> Arc<Cri> {
+    /// some ended or lost their log copiers), follows task exits from then on, and serves
+    /// the streaming server.
+    pub async fn start(
+        ctx: Arc<CriContext>,
+        streaming: &streaming::StreamingConfig,
+    ) -> Result<Arc<Cri>> {
         let images = images::CriImages::new(ctx.clone());
         let containers = containers::CriContainers::new(ctx.clone(), images.clone());
         let pods = pods::Pods::new(ctx.clone(), containers.clone());
         let stats = stats::Stats::new(ctx.clone());
         tokio::spawn(monitor::follow_exits(containers.clone()));
         monitor::reconcile(&containers).await;
-        Arc::new(Cri {
+        let streaming =
+            streaming::Streaming::start(streaming, ctx.clone(), containers.clone()).await?;
+        Ok(Arc::new(Cri {
             ctx,
             pods,
             containers,
             images,
             stats,
-        })
+            streaming,
+        }))
     }
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{broadcast, watch, Mutex};
 
 use crate::error::{Error, Result};
 
@@ -17,6 +18,9 @@ use crate::error::{Error, Result};
 pub const MAX_LINE: usize = 16 << 10;
 /// After the container exited, the copy ends once the fifo stays quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(150);
+
+/// A piece of a container's output, as attached clients receive it.
+pub type Chunk = (Stream, Bytes);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -150,12 +154,14 @@ pub fn open_fifo(fifo: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
         .map_err(Error::io("open fifo", fifo))
 }
 
-/// Copies one fifo into the log until the container has exited and the fifo is drained.
+/// Copies one fifo into the log until the container has exited and the fifo is drained;
+/// what it reads also goes to `tap` (attached clients), when anyone listens.
 pub async fn copy(
     mut rx: tokio::net::unix::pipe::Receiver,
     stream: Stream,
     log: Arc<ContainerLog>,
     mut exited: watch::Receiver<bool>,
+    tap: broadcast::Sender<Chunk>,
 ) {
     let mut split = LineSplitter::default();
     let mut buf = vec![0u8; 32 << 10];
@@ -175,6 +181,9 @@ pub async fn copy(
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if tap.receiver_count() > 0 {
+                    let _ = tap.send((stream, Bytes::copy_from_slice(&buf[..n])));
+                }
                 let lines = split.feed(&buf[..n]);
                 log.write(stream, &lines).await;
             }
@@ -229,11 +238,13 @@ mod tests {
         let path = t.path().join("pod/c/0.log");
         let log = ContainerLog::open(&path).await.unwrap();
         let (tx, rx) = watch::channel(false);
+        let (tap, mut tapped) = broadcast::channel(8);
         let copier = tokio::spawn(copy(
             open_fifo(&fifo).unwrap(),
             Stream::Stderr,
             log.clone(),
             rx,
+            tap,
         ));
         let mut w = tokio::net::unix::pipe::OpenOptions::new()
             .open_sender(&fifo)
@@ -246,6 +257,15 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         tx.send(true).unwrap();
         copier.await.unwrap();
+        let mut seen = Vec::new();
+        while let Ok((s, b)) = tapped.recv().await {
+            assert_eq!(s, Stream::Stderr);
+            seen.extend_from_slice(&b);
+        }
+        assert_eq!(
+            seen, b"hello\npartial\n",
+            "the tap sees the bytes, then its end"
+        );
         let first = std::fs::read_to_string(t.path().join("rotated")).unwrap();
         let second = std::fs::read_to_string(&path).unwrap();
         assert!(first.ends_with(" stderr F hello\n"), "{first}");

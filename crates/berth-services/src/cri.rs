@@ -20,12 +20,6 @@ fn ok<T>(t: T) -> R<T> {
     Ok(Response::new(t))
 }
 
-fn unimplemented<T>(what: &str) -> R<T> {
-    Err(Status::unimplemented(format!(
-        "{what} is not implemented in berthd yet (CRI streaming comes next)"
-    )))
-}
-
 /// `runtime.v1.RuntimeService`.
 pub struct CriRuntimeService {
     pub cri: Arc<Cri>,
@@ -295,19 +289,37 @@ impl RuntimeService for CriRuntimeService {
         })
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
-        unimplemented("Exec (streaming)")
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        let url = self
+            .cri
+            .streaming
+            .exec(req.into_inner())
+            .await
+            .map_err(cri_status)?;
+        ok(cri::ExecResponse { url })
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
-        unimplemented("Attach (streaming)")
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        let url = self
+            .cri
+            .streaming
+            .attach(req.into_inner())
+            .await
+            .map_err(cri_status)?;
+        ok(cri::AttachResponse { url })
     }
 
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> R<cri::PortForwardResponse> {
-        unimplemented("PortForward (streaming)")
+        let url = self
+            .cri
+            .streaming
+            .port_forward(req.into_inner())
+            .await
+            .map_err(cri_status)?;
+        ok(cri::PortForwardResponse { url })
     }
 
     async fn container_stats(

@@ -21,6 +21,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::Unsupported => Code::Unimplemented,
         ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     }
 }

@@ -105,6 +105,14 @@ struct CriSettings {
     snapshotter: String,
     /// The shim v2 runtime containers run with.
     runtime: String,
+    /// The streaming server (exec, attach, port-forward URLs): loopback by default; the
+    /// node's address when the API server's kubelet proxy must reach it from elsewhere.
+    stream_server_address: String,
+    /// 0 picks a free port at start.
+    stream_server_port: u16,
+    /// HTTPS for the streaming server, with this certificate chain and key (PEM).
+    stream_tls_cert_file: Option<PathBuf>,
+    stream_tls_key_file: Option<PathBuf>,
 }
 
 impl Default for CriSettings {
@@ -116,6 +124,10 @@ impl Default for CriSettings {
             cni_conf_template: None,
             snapshotter: "overlayfs".into(),
             runtime: "io.containerd.runc.v2".into(),
+            stream_server_address: "127.0.0.1".into(),
+            stream_server_port: 0,
+            stream_tls_cert_file: None,
+            stream_tls_key_file: None,
         }
     }
 }
@@ -436,7 +448,17 @@ async fn run(mut args: Args) -> Result<()> {
             oom_killed: Default::default(),
             oom_floor: berth_cri::context::OomFloor::probe(),
         };
-        Some(berth_cri::Cri::start(Arc::new(ctx)).await)
+        let streaming = berth_cri::streaming::StreamingConfig {
+            address: s.cri.stream_server_address.clone(),
+            port: s.cri.stream_server_port,
+            tls_cert: s.cri.stream_tls_cert_file.clone(),
+            tls_key: s.cri.stream_tls_key_file.clone(),
+        };
+        Some(
+            berth_cri::Cri::start(Arc::new(ctx), &streaming)
+                .await
+                .context("CRI streaming server")?,
+        )
     } else {
         None
     };

@@ -1,0 +1,466 @@
+//! CRI streaming end to end: CRI Exec, Attach and PortForward return URLs on berthd's
+//! streaming server; the clients in `berth_e2e::stream` then speak Kubernetes' protocols
+//! to them over SPDY/3.1 and WebSocket, against real containers in a real pod (runc,
+//! Debian's CNI plugins). Root only.
+
+use std::time::{Duration, Instant};
+
+use berth_e2e::cri::{container_config, pod_config, v1 as cri, CniNet, Cri};
+use berth_e2e::stream::{ws_forward, Session, SpdyForward, Transport, Want, TRANSPORTS};
+use berth_e2e::*;
+
+const T: Duration = Duration::from_secs(20);
+
+struct Pod {
+    _reg: Registry,
+    _net: CniNet,
+    d: Berthd,
+    c: Cri,
+    pod_id: String,
+    logs: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Pod {
+    /// A pod with the given containers (name, script, stdin, stdin_once, tty), started.
+    fn start(tag: u8, containers: &[(&str, &str, bool, bool, bool)]) -> (Pod, Vec<String>) {
+        let reg = Registry::start();
+        let image = OciImage::build(&[busybox_layer()]).push(&reg, "busybox");
+        let net = CniNet::new(tag, None);
+        let d = Berthd::start_with_config(&net.berthd_config());
+        let mut c = Cri::connect(&d.socket);
+        c.pull(&image)
+            .unwrap_or_else(|e| panic!("pull: {e:?}\n{}", d.log()));
+        let logs = tempfile::tempdir().unwrap();
+        let pod = pod_config("stream", logs.path(), "");
+        let pod_id = c
+            .run_pod(pod.clone())
+            .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", d.log()));
+        let mut ids = Vec::new();
+        for (name, script, stdin, once, tty) in containers {
+            let mut cfg = container_config(name, &image, script);
+            cfg.stdin = *stdin;
+            cfg.stdin_once = *once;
+            cfg.tty = *tty;
+            let id = c
+                .create(&pod_id, cfg, &pod)
+                .unwrap_or_else(|e| panic!("create {name}: {e:?}\n{}", d.log()));
+            c.start(&id)
+                .unwrap_or_else(|e| panic!("start {name}: {e:?}\n{}", d.log()));
+            ids.push(id);
+        }
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        (
+            Pod {
+                _reg: reg,
+                _net: net,
+                d,
+                c,
+                pod_id,
+                logs,
+                rt,
+            },
+            ids,
+        )
+    }
+
+    fn exec_url(&mut self, id: &str, cmd: &[&str], want: Want) -> String {
+        let req = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            tty: want.tty,
+            stdin: want.stdin,
+            stdout: want.stdout,
+            stderr: want.stderr,
+        };
+        let url = self
+            .c
+            .call(|c| c.runtime.exec(req))
+            .unwrap_or_else(|e| panic!("Exec: {e:?}"))
+            .url;
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        url
+    }
+
+    fn attach_url(&mut self, id: &str, want: Want) -> String {
+        let req = cri::AttachRequest {
+            container_id: id.into(),
+            tty: want.tty,
+            stdin: want.stdin,
+            stdout: want.stdout,
+            stderr: want.stderr,
+        };
+        self.c
+            .call(|c| c.runtime.attach(req))
+            .unwrap_or_else(|e| panic!("Attach: {e:?}"))
+            .url
+    }
+
+    fn port_forward_url(&mut self, ports: &[i32]) -> String {
+        let req = cri::PortForwardRequest {
+            pod_sandbox_id: self.pod_id.clone(),
+            port: ports.to_vec(),
+        };
+        self.c
+            .call(|c| c.runtime.port_forward(req))
+            .unwrap_or_else(|e| panic!("PortForward: {e:?}"))
+            .url
+    }
+}
+
+const OUT: Want = Want {
+    stdin: false,
+    stdout: true,
+    stderr: true,
+    tty: false,
+};
+
+#[test]
+fn root_exec_over_spdy_and_websocket() {
+    let (mut p, ids) = Pod::start(11, &[("sh", "exec sleep 3600", false, false, false)]);
+    let sh = ids[0].clone();
+    for tr in TRANSPORTS {
+        // echo hi → "hi", success.
+        let url = p.exec_url(&sh, &["echo", "hi"], OUT);
+        let out = p.rt.block_on(async {
+            let s = Session::open(&url, tr, OUT).await.unwrap();
+            s.finish(T).await
+        });
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{tr:?}");
+        assert_eq!(out.status()["status"], "Success", "{tr:?}: {}", out.error);
+
+        // A non-zero exit, with stderr kept apart.
+        let url = p.exec_url(&sh, &["sh", "-c", "echo oops >&2; exit 7"], OUT);
+        let out =
+            p.rt.block_on(async { Session::open(&url, tr, OUT).await.unwrap().finish(T).await });
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n", "{tr:?}");
+        let st = out.status();
+        assert_eq!(st["status"], "Failure");
+        assert_eq!(st["reason"], "NonZeroExitCode", "{tr:?}: {}", out.error);
+        assert_eq!(st["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(st["details"]["causes"][0]["message"], "7");
+
+        // A used token, and one never given → 404, never a stream.
+        let err =
+            p.rt.block_on(Session::open(&url, tr, OUT))
+                .err()
+                .expect("a second use is refused");
+        assert_eq!(err.0, 404, "{tr:?}: {}", err.1);
+        let bogus = format!("{}/exec/AAAAAAAA", url.rsplitn(3, '/').nth(2).unwrap());
+        let err = p.rt.block_on(Session::open(&bogus, tr, OUT)).err().unwrap();
+        assert_eq!(err.0, 404, "{tr:?}");
+    }
+
+    // An interactive shell on a TTY follows resizes.
+    for tr in TRANSPORTS {
+        let want = Want {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let url = p.exec_url(&sh, &["sh"], want);
+        let out = p.rt.block_on(async {
+            let mut s = Session::open(&url, tr, want).await.unwrap();
+            s.resize(100, 30).await;
+            // The resize travels on its own stream: give it a moment before asking.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.send(b"stty size\n").await;
+            s.read_until("30 100", T).await;
+            s.resize(120, 50).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.send(b"stty size\n").await;
+            s.read_until("50 120", T).await;
+            s.send(b"echo typed-$((6*7))\n").await;
+            s.read_until("typed-42", T).await;
+            s.send(b"exit 3\n").await;
+            s.finish(T).await
+        });
+        let st = out.status();
+        assert_eq!(st["reason"], "NonZeroExitCode", "{tr:?}: {}", out.error);
+        assert_eq!(st["details"]["causes"][0]["message"], "3");
+    }
+
+    // 10 MB of random bytes through cat come back byte-identical (transports that can
+    // close stdin on its own: SPDY and WebSocket v5).
+    let mut data = vec![0u8; 10 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    for tr in [
+        Transport::Spdy("v4.channel.k8s.io"),
+        Transport::WebSocket("v5.channel.k8s.io"),
+    ] {
+        let want = Want {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        let url = p.exec_url(&sh, &["cat"], want);
+        let t = Instant::now();
+        let out = p.rt.block_on(async {
+            let s = Session::open(&url, tr, want).await.unwrap();
+            // Written from a task of its own while this one reads, as a client does.
+            let (input, data) = (s.input(), data.clone());
+            let writer = tokio::spawn(async move {
+                input.send(&data).await;
+                input.close_stdin().await;
+            });
+            let out = s.finish(Duration::from_secs(60)).await;
+            writer.await.unwrap();
+            out
+        });
+        assert_eq!(out.stdout.len(), data.len(), "{tr:?}: {}", out.error);
+        assert!(out.stdout == data, "{tr:?}: the bytes differ");
+        assert_eq!(out.status()["status"], "Success");
+        eprintln!("{tr:?}: 10 MiB through cat in {:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn root_attach_and_port_forward() {
+    let (mut p, ids) = Pod::start(
+        12,
+        &[
+            (
+                "counter",
+                "i=0; while true; do echo count-$i; i=$((i+1)); sleep 0.1; done",
+                false,
+                false,
+                false,
+            ),
+            ("reader", "while read l; do echo got-$l; done; echo stdin-closed", true, true, false),
+            (
+                "web",
+                "busybox mkdir -p /a /b && echo page-80 > /a/index.html && echo page-8080 > /b/index.html && busybox httpd -p 80 -h /a && exec busybox httpd -f -p 8080 -h /b",
+                false,
+                false,
+                false,
+            ),
+        ],
+    );
+    let (counter, reader) = (ids[0].clone(), ids[1].clone());
+
+    // Attach receives the counter while the log keeps receiving it too.
+    for tr in TRANSPORTS {
+        let url = p.attach_url(&counter, OUT);
+        let seen = p.rt.block_on(async {
+            let mut s = Session::open(&url, tr, OUT).await.unwrap();
+            s.read_until("count-", T).await;
+            let first = String::from_utf8_lossy(&s.stdout).into_owned();
+            let n = first.matches("count-").count();
+            s.read_until_n("count-", n + 3, T).await;
+            let later = String::from_utf8_lossy(&s.stdout).into_owned();
+            assert!(later.len() > first.len(), "the counter keeps coming");
+            later
+        });
+        let last = seen
+            .lines()
+            .rfind(|l| l.starts_with("count-"))
+            .unwrap()
+            .to_owned();
+        let log = p.logs.path().join("counter/0.log");
+        wait_until(&format!("{last} in the log"), T, || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&format!(" stdout F {last}\n"))
+        });
+    }
+    // The attach client left; the container runs on.
+    assert_eq!(
+        p.c.status(&counter).state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+
+    // Stdin reaches a container that asked for it; StdinOnce closes it when the first
+    // attach ends.
+    let want = Want {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: false,
+    };
+    let url = p.attach_url(&reader, want);
+    let out = p.rt.block_on(async {
+        let mut s = Session::open(&url, Transport::Spdy("v4.channel.k8s.io"), want)
+            .await
+            .unwrap();
+        s.send(b"one\n").await;
+        s.read_until("got-one", T).await;
+        s.close_stdin().await;
+        s.finish(T).await
+    });
+    assert_eq!(out.status()["status"], "Success", "{}", out.error);
+    wait_until("the reader saw its stdin close", T, || {
+        p.c.status(&reader).state == cri::ContainerState::ContainerExited as i32
+    });
+    let log = std::fs::read_to_string(p.logs.path().join("reader/0.log")).unwrap();
+    assert!(log.contains("stdout F stdin-closed"), "{log}");
+
+    // Port forward over SPDY: a page, two ports at once on one connection, and a port
+    // nobody listens on, which fails alone.
+    let url = p.port_forward_url(&[80]);
+    let url2 = p.port_forward_url(&[80, 8080]);
+    let get = b"GET / HTTP/1.0\r\n\r\n";
+    p.rt.block_on(async {
+        let mut f = SpdyForward::connect(&url).await.unwrap();
+        let t = Instant::now();
+        loop {
+            let (page, err) = f.request(80, get).await;
+            if String::from_utf8_lossy(&page).contains("page-80") {
+                break;
+            }
+            assert!(t.elapsed() < T, "no page from port 80: {err}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (dead, err) = f.request(9, get).await;
+        assert!(dead.is_empty());
+        assert!(
+            err.contains("error forwarding port 9") && err.contains("connect"),
+            "{err}"
+        );
+        let mut g = SpdyForward::connect(&url2).await.unwrap();
+        let (a, b) = {
+            // Two forwards at once, over the same connection.
+            let s80 = g.open_data(80).await;
+            let s8080 = g.open_data(8080).await;
+            let go = |mut s: berth_cri::streaming::spdy::Stream| async move {
+                s.tx.send(get).await.unwrap();
+                let mut v = Vec::new();
+                while let Some(b) = s.rx.recv().await {
+                    v.extend_from_slice(&b);
+                }
+                String::from_utf8_lossy(&v).into_owned()
+            };
+            tokio::join!(go(s80), go(s8080))
+        };
+        assert!(a.contains("page-80"), "{a}");
+        assert!(b.contains("page-8080"), "{b}");
+        // The first connection still works after the failed port.
+        let (page, _) = f.request(80, get).await;
+        assert!(String::from_utf8_lossy(&page).contains("page-80"));
+        f.close().await;
+        g.close().await;
+    });
+
+    // Port forward over WebSocket, two ports; a token works once.
+    for proto in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
+        let url = p.port_forward_url(&[80, 8080]);
+        let got =
+            p.rt.block_on(ws_forward(&url, proto, &[80, 8080], &[get, get], T))
+                .unwrap();
+        assert!(
+            String::from_utf8_lossy(&got[0].0).contains("page-80"),
+            "{got:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&got[1].0).contains("page-8080"),
+            "{got:?}"
+        );
+        let again =
+            p.rt.block_on(ws_forward(&url, proto, &[80], &[get], T))
+                .expect_err("used token");
+        assert_eq!(again.0, 404);
+    }
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Processes on the host whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn root_a_vanished_client_leaves_nothing_behind() {
+    let (mut p, ids) = Pod::start(13, &[("sh", "exec sleep 3600", false, false, false)]);
+    let sh = ids[0].clone();
+    let pid = p.d.pid();
+    // One exec first, so that lazily made things (the listener's tasks, the shim
+    // connection) exist before counting.
+    let url = p.exec_url(&sh, &["true"], OUT);
+    p.rt.block_on(async {
+        Session::open(&url, TRANSPORTS[0], OUT)
+            .await
+            .unwrap()
+            .finish(T)
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let before = fds(pid);
+    let fifos_before = std::fs::read_dir(
+        p.d.state
+            .join("io.containerd.grpc.v1.cri/containers")
+            .join(&sh),
+    )
+    .map(|d| d.count())
+    .unwrap_or(0);
+    for (i, tr) in TRANSPORTS.into_iter().enumerate() {
+        // A duration no other process on the machine is sleeping for.
+        let marker = format!(
+            "{}",
+            900_000 + (std::process::id() % 10_000) * 10 + i as u32
+        );
+        let want = Want {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        let script = format!("echo started; exec sleep {marker}");
+        let url = p.exec_url(&sh, &["sh", "-c", &script], want);
+        p.rt.block_on(async {
+            let mut s = Session::open(&url, tr, want).await.unwrap();
+            s.read_until("started", T).await;
+            // The client vanishes: the session and its connection are dropped.
+            drop(s);
+        });
+        assert!(processes_with(&marker) <= 1);
+        wait_until(&format!("{tr:?}: the exec'd process is gone"), T, || {
+            processes_with(&marker) == 0
+        });
+    }
+    wait_until("berthd's descriptors back to where they were", T, || {
+        fds(pid) <= before
+    });
+    let fifos_after = std::fs::read_dir(
+        p.d.state
+            .join("io.containerd.grpc.v1.cri/containers")
+            .join(&sh),
+    )
+    .map(|d| d.count())
+    .unwrap_or(0);
+    assert_eq!(fifos_after, fifos_before, "exec fifos removed");
+    // The container itself was not touched.
+    assert_eq!(
+        p.c.status(&sh).state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let _ = &mut p;
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
