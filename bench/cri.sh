@@ -32,64 +32,8 @@ trap cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=4g tmpfs "$work"
 start_registry 5197
 
-# The sleeper's image, and containerd's sandbox ("pause") image: busybox sleeping.
-mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox"
-for a in sh sleep; do ln -s busybox "$work/rootfs/bin/$a"; done
-umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
-umoci insert --image "$work/oci:latest" "$work/rootfs" / >/dev/null
-umoci config --image "$work/oci:latest" --tag pause --config.entrypoint /bin/sleep --config.cmd 2147483647 >/dev/null
-skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:pause" "docker://$reg/bench/pause:latest"
-image=$(push_layout bench/busybox:latest)
-pause=$reg/bench/pause:latest
+cri_setup
 
-mkdir -p "$work/cni"
-cat > "$work/cni/10-bench.conflist" <<CNI
-{"cniVersion": "1.0.0", "name": "berth-bench",
- "plugins": [
-  {"type": "bridge", "bridge": "bbench0", "isGateway": true, "ipMasq": false,
-   "ipam": {"type": "host-local", "dataDir": "$work/ipam", "ranges": [[{"subnet": "10.222.0.0/24"}]],
-            "routes": [{"dst": "0.0.0.0/0"}]}},
-  {"type": "portmap", "capabilities": {"portMappings": true}}]}
-CNI
-cat > "$work/berthd.toml" <<CFG
-[cri]
-cni_conf_dir = "$work/cni"
-cni_bin_dirs = ["/usr/lib/cni"]
-CFG
-cat > "$work/containerd.toml" <<CFG
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-[grpc]
-  address = "$work/containerd.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$pause"
-  # This VM lacks CAP_SYS_RESOURCE: pause's -998 would fail every pod otherwise.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$work/cni"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$reg"]
-    endpoint = ["http://$reg"]
-CFG
-
-start_cri() {
-  case $1 in
-    berthd)
-      "$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" \
-        --config "$work/berthd.toml" --log-level warn 2>>"$work/berthd.log" & one_pid=$!
-      one_sock=$work/berth.sock ;;
-    containerd)
-      containerd --config "$work/containerd.toml" --log-level warn 2>>"$work/containerd.log" & one_pid=$!
-      one_sock=$work/containerd.sock ;;
-  esac
-  for _ in $(seq 100); do [[ -S $one_sock ]] && break; sleep 0.1; done
-  "$client" pull "$one_sock" "$image"
-  [[ $1 == containerd ]] && "$client" pull "$one_sock" "$pause"
-  return 0
-}
-
-pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 # PSS in KiB of the daemon, its shims and its sandbox processes: "daemon shims sandboxes".
 memory() {
   local d s=0 p=0 shim kid

@@ -441,14 +441,18 @@ fn root_a_vanished_client_leaves_nothing_behind() {
     wait_until("berthd's descriptors back to where they were", T, || {
         fds(pid) <= before
     });
-    let fifos_after = std::fs::read_dir(
-        p.d.state
-            .join("io.containerd.grpc.v1.cri/containers")
-            .join(&sh),
-    )
-    .map(|d| d.count())
-    .unwrap_or(0);
-    assert_eq!(fifos_after, fifos_before, "exec fifos removed");
+    let files = |sh: &str| {
+        std::fs::read_dir(
+            p.d.state
+                .join("io.containerd.grpc.v1.cri/containers")
+                .join(sh),
+        )
+        .map(|d| d.count())
+        .unwrap_or(0)
+    };
+    wait_until("the exec fifos are removed", T, || {
+        files(&sh) == fifos_before
+    });
     // The container itself was not touched.
     assert_eq!(
         p.c.status(&sh).state,

@@ -89,6 +89,7 @@ async fn http_upgrade(url: &str, headers: &[(&str, &str)]) -> Result<TcpStream, 
     let mut s = TcpStream::connect(host)
         .await
         .map_err(|e| Refused(0, e.to_string()))?;
+    let _ = s.set_nodelay(true);
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -162,7 +163,7 @@ async fn ws_connect(
     let mut req = ws_url.into_client_request().unwrap();
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
+    match tokio_tungstenite::connect_async_with_config(req, None, true).await {
         Ok((ws, resp)) => {
             let chosen = resp
                 .headers()

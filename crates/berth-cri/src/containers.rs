@@ -12,7 +12,6 @@ use berth_core::containers::{AnyValue, Container};
 use berth_core::snapshot::{Kind, NewSnapshot};
 use berth_runtime::{CreateTask, Stdio, TaskKey, TaskStatus};
 use k8s_cri::v1 as cri;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, watch};
 
 use crate::context::{blocking, ContainerEventKind, CriContext, LiveLog};
@@ -650,123 +649,51 @@ impl CriContainers {
         log.reopen().await
     }
 
-    /// ExecSync: runs a command in the container and collects its output. A timeout kills
-    /// that process only, never the container.
+    /// ExecSync: the command's output (each stream capped at 16 MiB) and exit status. A
+    /// timeout kills only the exec'd process, never the container.
     pub async fn exec_sync(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec needs a command".into()));
-        }
-        let r = self.record(id).await?;
-        if state_of(&r) != cri::ContainerState::ContainerRunning {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id:?} is not running"
-            )));
-        }
-        let task = self.ctx.runtime.get(&key(id)?)?;
-        let shim = task.shim()?;
-        let exec_id = format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        let dir = self.ctx.container_dir(id);
-        let (out, err) = (
-            dir.join(format!("{exec_id}-out")),
-            dir.join(format!("{exec_id}-err")),
-        );
-        let (cid, o2, e2) = (id.to_owned(), out.clone(), err.clone());
-        let ctx = self.ctx.clone();
-        let process = blocking(move || {
-            logs::make_fifo(&o2)?;
-            logs::make_fifo(&e2)?;
-            let core = ctx.store.core_container(&cid)?;
-            let spec: serde_json::Value = core
-                .spec
-                .as_ref()
-                .and_then(|s| serde_json::from_slice(&s.value).ok())
-                .unwrap_or_default();
-            let mut p = spec["process"].clone();
-            p["args"] = serde_json::json!(cmd);
-            p["terminal"] = serde_json::json!(false);
-            Ok(p)
-        })
-        .await?;
-        let (done_tx, done_rx) = watch::channel(false);
-        let (out_rx, err_rx) = (logs::open_fifo(&out)?, logs::open_fifo(&err)?);
-        let out_h = tokio::spawn(collect_fifo(out_rx, done_rx.clone()));
-        let err_h = tokio::spawn(collect_fifo(err_rx, done_rx));
-        let stdio = Stdio {
-            stdin: String::new(),
-            stdout: out.display().to_string(),
-            stderr: err.display().to_string(),
-            terminal: false,
-        };
-        let spec = AnyValue {
-            type_url: PROCESS_TYPE.into(),
-            value: serde_json::to_vec(&process).unwrap_or_default(),
-        };
-        let ran = async {
-            shim.exec(&exec_id, &stdio, &spec).await?;
-            shim.start(&exec_id).await?;
-            let wait = shim.wait(&exec_id);
-            let exit = if timeout > 0 {
-                match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        let _ = shim.kill(&exec_id, libc::SIGKILL as u32, false).await;
-                        let _ = tokio::time::timeout(Duration::from_secs(10), shim.wait(&exec_id))
-                            .await;
-                        return Err(Error::Core(berth_core::Error::DeadlineExceeded(format!(
-                            "command {:?} in container {id:?} timed out after {timeout}s",
-                            process["args"]
-                        ))));
-                    }
+        let (otx, orx) = tokio::sync::mpsc::channel(16);
+        let (etx, erx) = tokio::sync::mpsc::channel(16);
+        let collect = |mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>| {
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                while let Some(b) = rx.recv().await {
+                    let room = EXEC_OUTPUT_LIMIT.saturating_sub(v.len());
+                    v.extend_from_slice(&b[..b.len().min(room)]);
                 }
-            } else {
-                wait.await?
-            };
-            Ok::<_, Error>(exit.status as i32)
-        }
-        .await;
-        let _ = done_tx.send(true);
-        let stdout = out_h.await.unwrap_or_default();
-        let stderr = err_h.await.unwrap_or_default();
-        let _ = shim.delete(&exec_id).await;
-        let _ = tokio::fs::remove_file(&out).await;
-        let _ = tokio::fs::remove_file(&err).await;
-        Ok((stdout, stderr, ran?))
-    }
-}
-
-/// Reads a fifo until the process is done and the fifo drained (bounded).
-async fn collect_fifo(
-    mut rx: tokio::net::unix::pipe::Receiver,
-    mut done: watch::Receiver<bool>,
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        let r = if *done.borrow() {
-            match tokio::time::timeout(Duration::from_millis(100), rx.read(&mut buf)).await {
-                Ok(r) => r,
-                Err(_) => break,
+                v
+            })
+        };
+        let (oh, eh) = (collect(orx), collect(erx));
+        let io = crate::exec::StreamIo {
+            stdout: Some(otx),
+            stderr: Some(etx),
+            ..Default::default()
+        };
+        let shown = format!("{cmd:?}");
+        let run = self.exec_stream(id, cmd, false, io);
+        let status = if timeout > 0 {
+            match tokio::time::timeout(Duration::from_secs(timeout as u64), run).await {
+                Ok(r) => r?,
+                // Dropping the run kills the process and removes its fifos.
+                Err(_) => {
+                    return Err(Error::Core(berth_core::Error::DeadlineExceeded(format!(
+                        "command {shown} in container {id:?} timed out after {timeout}s"
+                    ))))
+                }
             }
         } else {
-            tokio::select! {
-                r = rx.read(&mut buf) => r,
-                _ = done.changed() => continue,
-            }
+            run.await?
         };
-        match r {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = EXEC_OUTPUT_LIMIT.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
+        let stdout = oh.await.unwrap_or_default();
+        let stderr = eh.await.unwrap_or_default();
+        Ok((stdout, stderr, status))
     }
-    out
 }
 
 /// A signal by name (`SIGTERM`, `TERM`, `15`), as images give their stop signal.

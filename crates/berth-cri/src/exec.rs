@@ -198,9 +198,12 @@ impl CriContainers {
             type_url: PROCESS_TYPE.into(),
             value: serde_json::to_vec(&process).unwrap_or_default(),
         };
+        let t0 = std::time::Instant::now();
         shim.exec(&exec_id, &stdio, &spec).await?;
         guard.shim = Some(shim.clone());
+        let t_exec = t0.elapsed();
         shim.start(&exec_id).await?;
+        let t_start = t0.elapsed();
         // The shim holds the writing ends now: reopen read-only, so that the copy sees
         // the end of the output when the shim closes them.
         let reopen = |p: &PathBuf| {
@@ -256,14 +259,25 @@ impl CriContainers {
         // Side tasks end with the exec (or with the client), never outlive it.
         let _side = AbortOnDrop(side);
         let exit = shim.wait(&exec_id).await?;
+        let t_wait = t0.elapsed();
         let drained = async {
             for p in pumps.0.iter_mut() {
                 let _ = p.await;
             }
         };
         let _ = tokio::time::timeout(DRAIN, drained).await;
+        let t_drain = t0.elapsed();
         guard.shim = None;
         let _ = shim.delete(&exec_id).await;
+        tracing::debug!(
+            container = %id,
+            exec_ms = t_exec.as_millis() as u64,
+            start_ms = t_start.as_millis() as u64,
+            wait_ms = t_wait.as_millis() as u64,
+            drained_ms = t_drain.as_millis() as u64,
+            deleted_ms = t0.elapsed().as_millis() as u64,
+            "exec ended"
+        );
         Ok(exit.status as i32)
     }
 

@@ -127,6 +127,8 @@ impl Streaming {
                         continue;
                     }
                 };
+                // Small frames (replies, statuses, keystrokes) go out at once.
+                let _ = conn.set_nodelay(true);
                 let (server, tls) = (server.clone(), tls.clone());
                 tokio::spawn(async move {
                     match tls {

@@ -69,6 +69,7 @@ pub async fn dial(
             .map_err(|e| Error::Internal(format!("port forward dial: {e}")))??,
         None => blocking(connect).await?,
     };
+    let _ = stream.set_nodelay(true);
     stream
         .set_nonblocking(true)
         .map_err(|e| Error::Internal(format!("port forward socket: {e}")))?;
@@ -92,7 +93,7 @@ async fn copy(
         let _ = wr.shutdown().await;
     };
     let downstream = async move {
-        let mut buf = vec![0u8; 32 << 10];
+        let mut buf = vec![0u8; spdy::CHUNK];
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
