@@ -24,10 +24,19 @@ struct Pod {
 impl Pod {
     /// A pod with the given containers (name, script, stdin, stdin_once, tty), started.
     fn start(tag: u8, containers: &[(&str, &str, bool, bool, bool)]) -> (Pod, Vec<String>) {
+        Self::start_with(tag, containers, "")
+    }
+
+    /// The same, with more lines for berthd's `[cri]` table.
+    fn start_with(
+        tag: u8,
+        containers: &[(&str, &str, bool, bool, bool)],
+        cri_extra: &str,
+    ) -> (Pod, Vec<String>) {
         let reg = Registry::start();
         let image = OciImage::build(&[busybox_layer()]).push(&reg, "busybox");
         let net = CniNet::new(tag, None);
-        let d = Berthd::start_with_config(&net.berthd_config());
+        let d = Berthd::start_with_config(&format!("{}{cri_extra}", net.berthd_config()));
         let mut c = Cri::connect(&d.socket);
         c.pull(&image)
             .unwrap_or_else(|e| panic!("pull: {e:?}\n{}", d.log()));
@@ -78,7 +87,6 @@ impl Pod {
             .call(|c| c.runtime.exec(req))
             .unwrap_or_else(|e| panic!("Exec: {e:?}"))
             .url;
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         url
     }
 
@@ -122,6 +130,7 @@ fn root_exec_over_spdy_and_websocket() {
     for tr in TRANSPORTS {
         // echo hi → "hi", success.
         let url = p.exec_url(&sh, &["echo", "hi"], OUT);
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         let out = p.rt.block_on(async {
             let s = Session::open(&url, tr, OUT).await.unwrap();
             s.finish(T).await
@@ -367,6 +376,150 @@ fn root_attach_and_port_forward() {
                 .expect_err("used token");
         assert_eq!(again.0, 404);
     }
+}
+
+/// The same clients against containerd 1.6's CRI, whose streaming server is the kubelet's
+/// Go code (spdystream, x/net websocket): berth's SPDY framing and header compression,
+/// and the WebSocket channel framing, interoperate with the implementations Kubernetes
+/// runs.
+#[test]
+fn root_the_clients_speak_to_containerds_go_streaming_server() {
+    let reg = Registry::start();
+    let image = OciImage::build(&[busybox_layer()]).push(&reg, "busybox");
+    let pause =
+        OciImage::build_with_cmd(&[busybox_layer()], &["/bin/busybox", "sleep", "2147483647"])
+            .push(&reg, "pause");
+    let net = CniNet::new(15, None);
+    let ctrd = berth_e2e::containerd::ContainerdCri::start(&net, &pause, &reg.addr);
+    let mut c = Cri::connect(&ctrd.socket);
+    c.pull(&image)
+        .unwrap_or_else(|e| panic!("pull: {e:?}\n{}", ctrd.log()));
+    let logs = tempfile::tempdir().unwrap();
+    let pod = pod_config("peer", logs.path(), "");
+    let pod_id = c
+        .run_pod(pod.clone())
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", ctrd.log()));
+    let web = container_config(
+        "web",
+        &image,
+        "busybox mkdir -p /a && echo page-peer > /a/index.html && exec busybox httpd -f -p 80 -h /a",
+    );
+    let id = c
+        .create(&pod_id, web, &pod)
+        .unwrap_or_else(|e| panic!("create: {e:?}\n{}", ctrd.log()));
+    c.start(&id).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for tr in [
+        Transport::Spdy("v4.channel.k8s.io"),
+        Transport::WebSocket("v4.channel.k8s.io"),
+        Transport::WebSocket("v4.base64.channel.k8s.io"),
+    ] {
+        for (cmd, code) in [
+            (vec!["echo", "hi"], None),
+            (vec!["sh", "-c", "exit 7"], Some("7")),
+        ] {
+            let req = cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            let url = c.call(|c| c.runtime.exec(req)).unwrap().url;
+            let out =
+                rt.block_on(async { Session::open(&url, tr, OUT).await.unwrap().finish(T).await });
+            match code {
+                None => {
+                    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{tr:?}");
+                    assert_eq!(out.status()["status"], "Success", "{tr:?}");
+                }
+                Some(code) => {
+                    assert_eq!(out.status()["reason"], "NonZeroExitCode", "{tr:?}");
+                    assert_eq!(out.status()["details"]["causes"][0]["message"], code);
+                }
+            }
+        }
+    }
+    // A terminal: the shell runs on a TTY, and a resize reaches it.
+    let want = Want {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let req = cri::ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["sh".into()],
+        tty: true,
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    };
+    let url = c.call(|c| c.runtime.exec(req)).unwrap().url;
+    rt.block_on(async {
+        let mut s = Session::open(&url, Transport::Spdy("v4.channel.k8s.io"), want)
+            .await
+            .unwrap();
+        s.resize(90, 33).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.send(b"stty size\n").await;
+        s.read_until("33 90", T).await;
+        s.send(b"exit\n").await;
+        s.finish(T).await
+    });
+    // Port forward over SPDY.
+    let req = cri::PortForwardRequest {
+        pod_sandbox_id: pod_id.clone(),
+        port: vec![80],
+    };
+    let url = c.call(|c| c.runtime.port_forward(req)).unwrap().url;
+    rt.block_on(async {
+        let mut f = SpdyForward::connect(&url).await.unwrap();
+        let t = Instant::now();
+        loop {
+            let (page, err) = f.request(80, b"GET / HTTP/1.0\r\n\r\n").await;
+            if String::from_utf8_lossy(&page).contains("page-peer") {
+                break;
+            }
+            assert!(
+                t.elapsed() < T,
+                "no page through containerd's forward: {err}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        f.close().await;
+    });
+    drop(c); // pods go before the daemon
+}
+
+#[test]
+fn root_exec_over_tls() {
+    let ca = TestCa::new();
+    let cfg = format!(
+        "stream_tls_cert_file = \"{}\"\nstream_tls_key_file = \"{}\"\n",
+        ca.dir.path().join("server.pem").display(),
+        ca.dir.path().join("server.key").display()
+    );
+    let (mut p, ids) = Pod::start_with(14, &[("sh", "exec sleep 3600", false, false, false)], &cfg);
+    let url = p.exec_url(&ids[0], &["echo", "over-tls"], OUT);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca_pem = ca.dir.path().join("ca.pem");
+    let out = p.rt.block_on(async {
+        Session::open_with(&url, TRANSPORTS[0], OUT, Some(&ca_pem))
+            .await
+            .unwrap()
+            .finish(T)
+            .await
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
+    assert_eq!(out.status()["status"], "Success");
+    // Plain HTTP to the TLS port gets no stream.
+    let url = p.exec_url(&ids[0], &["true"], OUT);
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(p
+        .rt
+        .block_on(Session::open(&plain, TRANSPORTS[0], OUT))
+        .is_err());
 }
 
 fn fds(pid: u32) -> usize {

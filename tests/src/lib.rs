@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+pub mod containerd;
 pub mod cri;
 pub mod docker;
 pub mod stream;
@@ -221,6 +222,22 @@ pub fn note_namespace(ns: &str) {
         .insert(ns.to_owned());
 }
 
+/// A daemon (berthd or a peer) of this test process starts.
+pub(crate) fn live_enter() {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+}
+
+/// A daemon goes; the last one takes the namespace cgroups tests left with it.
+pub(crate) fn live_leave() {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.0 -= 1;
+    if live.0 == 0 {
+        for ns in std::mem::take(&mut live.1) {
+            remove_cgroups(&ns);
+        }
+    }
+}
+
 /// A berthd on temporary root/state directories.
 pub struct Berthd {
     child: Option<Child>,
@@ -250,7 +267,7 @@ impl Berthd {
             std::fs::write(&p, config).unwrap();
             p
         });
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+        live_enter();
         let mut d = Berthd {
             child: None,
             dir,
@@ -402,16 +419,10 @@ impl Drop for Berthd {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
         let tasks = self.state.join("io.containerd.runtime.v2.task");
-        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
-            live.1.insert(ns.file_name().to_string_lossy().into_owned());
+            note_namespace(&ns.file_name().to_string_lossy());
         }
-        live.0 -= 1;
-        if live.0 == 0 {
-            for ns in std::mem::take(&mut live.1) {
-                remove_cgroups(&ns);
-            }
-        }
+        live_leave();
     }
 }
 
@@ -672,6 +683,15 @@ fn put_blob(blobs: &Path, data: &[u8]) -> String {
 
 /// Writes the layers, config and manifest of one image; returns (manifest digest, size, diff ids).
 fn write_manifest(blobs: &Path, layers: &[Vec<Entry>], arch: &str) -> (String, usize, Vec<String>) {
+    write_manifest_cmd(blobs, layers, arch, &["/bin/sh"])
+}
+
+fn write_manifest_cmd(
+    blobs: &Path,
+    layers: &[Vec<Entry>],
+    arch: &str,
+    cmd: &[&str],
+) -> (String, usize, Vec<String>) {
     let mut diff_ids = Vec::new();
     let mut layer_descs = Vec::new();
     for l in layers {
@@ -683,7 +703,7 @@ fn write_manifest(blobs: &Path, layers: &[Vec<Entry>], arch: &str) -> (String, u
     }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch, "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
@@ -721,9 +741,14 @@ impl OciImage {
 
     /// A single-platform (linux/amd64) image.
     pub fn build(layers: &[Vec<Entry>]) -> Self {
+        Self::build_with_cmd(layers, &["/bin/sh"])
+    }
+
+    /// A single-platform image whose config runs `cmd`.
+    pub fn build_with_cmd(layers: &[Vec<Entry>], cmd: &[&str]) -> Self {
         let dir = Self::layout();
         let (md, size, diff_ids) =
-            write_manifest(&dir.path().join("blobs/sha256"), layers, "amd64");
+            write_manifest_cmd(&dir.path().join("blobs/sha256"), layers, "amd64", cmd);
         Self::finish(
             dir.path(),
             "application/vnd.oci.image.manifest.v1+json",

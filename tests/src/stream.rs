@@ -83,13 +83,58 @@ pub struct Refused(pub u16, pub String);
 
 /// Writes an HTTP/1.1 upgrade request and reads the response head (byte by byte, so
 /// that nothing after it is consumed).
-async fn http_upgrade(url: &str, headers: &[(&str, &str)]) -> Result<TcpStream, Refused> {
-    let rest = url.strip_prefix("http://").expect("an http URL");
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects to an `http://` URL's host, or an `https://` one's with TLS trusting `ca`.
+async fn connect(
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<(Box<dyn Io>, String, String), Refused> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, url.strip_prefix("http://").expect("an http(s) URL")),
+    };
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = TcpStream::connect(host)
+    let tcp = TcpStream::connect(host)
         .await
         .map_err(|e| Refused(0, e.to_string()))?;
-    let _ = s.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok((Box::new(tcp), host.to_owned(), path.to_owned()));
+    }
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let ca = ca.expect("an https URL needs the CA to trust");
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(
+        host.rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(host)
+            .to_owned(),
+    )
+    .unwrap();
+    let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Refused(0, format!("TLS: {e}")))?;
+    Ok((Box::new(s), host.to_owned(), path.to_owned()))
+}
+
+async fn http_upgrade(
+    url: &str,
+    headers: &[(&str, &str)],
+    ca: Option<&std::path::Path>,
+) -> Result<Box<dyn Io>, Refused> {
+    let (mut s, host, path) = connect(url, ca).await?;
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -203,6 +248,16 @@ impl Session {
 
     /// Opens a session on the URL CRI Exec or Attach returned.
     pub async fn open(url: &str, transport: Transport, want: Want) -> Result<Session, Refused> {
+        Self::open_with(url, transport, want, None).await
+    }
+
+    /// The same, for an `https://` URL signed by `ca` (SPDY only).
+    pub async fn open_with(
+        url: &str,
+        transport: Transport,
+        want: Want,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Session, Refused> {
         let (in_tx, in_rx) = mpsc::channel(16);
         let (out_tx, out_rx) = mpsc::channel(64);
         match transport {
@@ -214,6 +269,7 @@ impl Session {
                         ("Upgrade", "SPDY/3.1"),
                         ("X-Stream-Protocol-Version", proto),
                     ],
+                    ca,
                 )
                 .await?;
                 spdy_session(io, want, in_rx, out_tx).await;
@@ -305,7 +361,7 @@ impl Session {
 }
 
 async fn spdy_session(
-    io: TcpStream,
+    io: Box<dyn Io>,
     want: Want,
     mut input: mpsc::Receiver<Input>,
     out: mpsc::Sender<Output>,
@@ -465,6 +521,7 @@ impl SpdyForward {
                 ("Upgrade", "SPDY/3.1"),
                 ("X-Stream-Protocol-Version", "portforward.k8s.io"),
             ],
+            None,
         )
         .await?;
         Ok(SpdyForward {

@@ -1,0 +1,108 @@
+//! Debian's containerd with its CRI plugin, as a peer: the same CRI calls and streaming
+//! clients that drive berthd drive it, so what berth speaks is checked against the Go
+//! implementations Kubernetes uses (its streaming server is the kubelet's own code).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::cri::CniNet;
+
+pub struct ContainerdCri {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl ContainerdCri {
+    /// Starts containerd on `net`, with `pause` as its sandbox image and `registry`
+    /// (`127.0.0.1:PORT`) reached over plain HTTP.
+    pub fn start(net: &CniNet, pause: &str, registry: &str) -> Self {
+        crate::require("containerd");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-containerd")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
+"#,
+            root = p("root"),
+            state = p("state"),
+            sock = socket.display(),
+            conf = net.dir.path().join("conf").display(),
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        crate::live_enter();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = socket.clone();
+        crate::wait_for("containerd socket", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&s).is_ok()
+        });
+        ContainerdCri {
+            child: Some(child),
+            dir,
+            socket,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+fn mounts_below(base: &Path) -> Vec<String> {
+    let base = base.to_string_lossy().into_owned();
+    let mut m: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&base))
+        .map(str::to_owned)
+        .collect();
+    m.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    m
+}
+
+impl Drop for ContainerdCri {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        // Shims of pods a failed test left behind.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f"])
+            .arg(format!(
+                "containerd-shim-runc-v2 .*-address {}",
+                self.socket.display()
+            ))
+            .status();
+        for m in mounts_below(self.dir.path()) {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        crate::note_namespace("k8s.io");
+        crate::live_leave();
+    }
+}
