@@ -280,7 +280,17 @@ fn root_attach_and_port_forward() {
                 .contains(&format!(" stdout F {last}\n"))
         });
     }
-    // The attach client left; the container runs on.
+    // Two clients attached at once both receive the output.
+    let (u1, u2) = (p.attach_url(&counter, OUT), p.attach_url(&counter, OUT));
+    p.rt.block_on(async {
+        let mut a = Session::open(&u1, TRANSPORTS[0], OUT).await.unwrap();
+        let mut b = Session::open(&u2, TRANSPORTS[1], OUT).await.unwrap();
+        tokio::join!(
+            a.read_until_n("count-", 3, T),
+            b.read_until_n("count-", 3, T)
+        );
+    });
+    // The attach clients left; the container runs on.
     assert_eq!(
         p.c.status(&counter).state,
         cri::ContainerState::ContainerRunning as i32
@@ -522,6 +532,14 @@ fn root_exec_over_tls() {
         .is_err());
 }
 
+/// What CRI Status (verbose) says of the streaming server.
+fn streaming_info(c: &mut Cri) -> serde_json::Value {
+    let st = c
+        .call(|c| c.runtime.status(cri::StatusRequest { verbose: true }))
+        .unwrap();
+    serde_json::from_str(&st.info["streaming"]).unwrap()
+}
+
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -559,6 +577,7 @@ fn root_a_vanished_client_leaves_nothing_behind() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let before = fds(pid);
+    let tasks_before = streaming_info(&mut p.c)["runtimeTasks"].as_u64().unwrap();
     let fifos_before = std::fs::read_dir(
         p.d.state
             .join("io.containerd.grpc.v1.cri/containers")
@@ -591,6 +610,10 @@ fn root_a_vanished_client_leaves_nothing_behind() {
             processes_with(&marker) == 0
         });
     }
+    wait_until("no streaming session left, nor a task of one", T, || {
+        let i = streaming_info(&mut p.c);
+        i["activeSessions"] == 0 && i["runtimeTasks"].as_u64().unwrap() <= tasks_before
+    });
     wait_until("berthd's descriptors back to where they were", T, || {
         fds(pid) <= before
     });

@@ -454,6 +454,9 @@ impl RuntimeService for CriRuntimeService {
                 message: format!("Network plugin returns error: {e}"),
             }),
         }
+        if verbose {
+            info.insert("streaming".into(), self.cri.streaming.info().to_string());
+        }
         if let Some(message) = self.cri.ctx.oom_floor.clamped() {
             // Informational: the kubelet only requires the two conditions above.
             conditions.push(cri::RuntimeCondition {

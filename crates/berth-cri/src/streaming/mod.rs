@@ -72,6 +72,8 @@ pub struct Streaming {
     base: String,
     addr: SocketAddr,
     tokens: Tokens<StreamRequest>,
+    /// Upgraded connections being served.
+    active: std::sync::atomic::AtomicUsize,
     pub(crate) containers: Arc<CriContainers>,
     pub(crate) ctx: Arc<CriContext>,
 }
@@ -113,6 +115,7 @@ impl Streaming {
             base: format!("{scheme}://{addr}"),
             addr,
             tokens: Tokens::new(TOKEN_TTL),
+            active: Default::default(),
             containers,
             ctx,
         });
@@ -152,6 +155,25 @@ impl Streaming {
     /// Outstanding tokens (for tests and status).
     pub fn pending(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// What the streaming server holds now, for CRI Status (verbose): its URL, tokens
+    /// waiting for their connection, connections being served, and the daemon's live
+    /// async tasks (a connection that ended must leave none behind).
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "url": self.base,
+            "pendingTokens": self.pending(),
+            "activeSessions": self.active.load(std::sync::atomic::Ordering::Relaxed),
+            "runtimeTasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+        })
+    }
+
+    /// Counts a served connection until the returned guard is dropped.
+    pub(crate) fn session(self: &Arc<Self>) -> ActiveSession {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveSession(self.clone())
     }
 
     fn url(&self, r: StreamRequest) -> Result<String> {
@@ -255,6 +277,16 @@ impl Streaming {
         } else {
             spdy_upgrade(self, req, r)
         }
+    }
+}
+
+pub(crate) struct ActiveSession(Arc<Streaming>);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -366,7 +398,9 @@ fn spdy_upgrade(
     };
     let version = remotecommand::version_of(&chosen);
     let upgrade = hyper::upgrade::on(req);
+    let active = s.session();
     tokio::spawn(async move {
+        let _active = active;
         let io = match upgrade.await {
             Ok(io) => TokioIo::new(io),
             Err(e) => {

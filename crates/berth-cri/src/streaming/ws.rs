@@ -158,7 +158,9 @@ pub fn upgrade(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let framing = Framing::of(&chosen);
     let upgrade = hyper::upgrade::on(req);
+    let active = s.session();
     tokio::spawn(async move {
+        let _active = active;
         let io = match upgrade.await {
             Ok(io) => TokioIo::new(io),
             Err(e) => {
