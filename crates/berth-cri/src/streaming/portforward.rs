@@ -93,12 +93,13 @@ async fn copy(
         let _ = wr.shutdown().await;
     };
     let downstream = async move {
-        let mut buf = vec![0u8; spdy::CHUNK];
+        let mut buf = bytes::BytesMut::new();
         loop {
-            match rd.read(&mut buf).await {
+            buf.reserve(spdy::CHUNK);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if !to_client(Bytes::copy_from_slice(&buf[..n])).await {
+                Ok(_) => {
+                    if !to_client(buf.split().freeze()).await {
                         return;
                     }
                 }
@@ -133,7 +134,7 @@ async fn forward_spdy(
             let tx = data.tx.clone();
             copy(conn, data.rx, move |b| {
                 let tx = tx.clone();
-                Box::pin(async move { tx.send(&b).await.is_ok() })
+                Box::pin(async move { tx.send_bytes(b).await.is_ok() })
             })
             .await;
         }

@@ -171,7 +171,7 @@ fn spdy_sink(w: StreamWriter) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<(
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let h = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if w.send(&b).await.is_err() {
+            if w.send_bytes(b).await.is_err() {
                 return;
             }
         }

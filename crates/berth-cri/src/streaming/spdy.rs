@@ -38,6 +38,8 @@ pub const RST_PROTOCOL_ERROR: u32 = 1;
 const MAX_FRAME: usize = 1 << 24;
 /// Data sent in frames of at most this size.
 pub const CHUNK: usize = 64 << 10;
+/// Data frames at least this large are written on their own, without a copy.
+const BIG_DATA: usize = 16 << 10;
 /// Queued frames are written together up to about this many bytes.
 const WRITE_BATCH: usize = 256 << 10;
 /// Header blocks larger than this (inflated) are refused.
@@ -360,15 +362,23 @@ pub struct StreamWriter {
 impl StreamWriter {
     /// Sends `data` in frames of at most [`CHUNK`]; fails once the connection is gone.
     pub async fn send(&self, data: &[u8]) -> std::io::Result<()> {
-        for piece in data.chunks(CHUNK) {
+        self.send_bytes(Bytes::copy_from_slice(data)).await
+    }
+
+    /// The same without a copy: the frames share `data`.
+    pub async fn send_bytes(&self, data: Bytes) -> std::io::Result<()> {
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + CHUNK).min(data.len());
             self.out
                 .send(Frame::Data {
                     stream: self.id,
                     fin: false,
-                    data: Bytes::copy_from_slice(piece),
+                    data: data.slice(at..end),
                 })
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+            at = end;
         }
         Ok(())
     }
@@ -443,15 +453,27 @@ impl Connection {
                 // Whatever else is queued goes out in the same write (whole frames only).
                 let mut next = Some(f);
                 let mut goaway = false;
+                let mut failed = false;
                 while let Some(f) = next.take() {
                     goaway = matches!(f, Frame::GoAway { .. });
-                    codec.encode_into(&f, &mut batch);
-                    if goaway || batch.len() >= WRITE_BATCH {
+                    match &f {
+                        // Large data is written from where it is, not copied into the batch.
+                        Frame::Data { stream, fin, data } if data.len() >= BIG_DATA => {
+                            batch.extend_from_slice(&stream.to_be_bytes());
+                            batch.push(if *fin { FLAG_FIN } else { 0 });
+                            batch.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+                            failed = wr.write_all(&batch).await.is_err()
+                                || wr.write_all(data).await.is_err();
+                            batch.clear();
+                        }
+                        _ => codec.encode_into(&f, &mut batch),
+                    }
+                    if failed || goaway || batch.len() >= WRITE_BATCH {
                         break;
                     }
                     next = out_rx.try_recv().ok();
                 }
-                let failed = wr.write_all(&batch).await.is_err();
+                let failed = failed || wr.write_all(&batch).await.is_err();
                 batch.clear();
                 if batch.capacity() > 4 * WRITE_BATCH {
                     batch.shrink_to(64 << 10);
