@@ -42,7 +42,7 @@ start_docker() { # daemon: start it and a dockerd on it, load the image
 stop_docker() {
   kill "$d_pid" && wait "$d_pid" || true
   d_pid=
-  grep -E " $work/docker-" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
+  grep -E " $work/docker-" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
   stop_one
 }
 run_once() {
