@@ -20,15 +20,7 @@ client=$PWD/target/release/examples/cri_pods
 work=/tmp/berth-bench-cri
 parent=/berth-bench-cri
 bench_cgroups=${parent#/}
-cleanup() {
-  set +e
-  [[ -n ${one_pid:-} ]] && { "$client" teardown "$one_sock" >/dev/null 2>&1; }
-  pkill -f "containerd-shim-runc-v2 .*-address $work/" 2>/dev/null
-  mkdir -p /tmp/berth-bench-cri-logs && cp "$work"/*.log /tmp/berth-bench-cri-logs/ 2>/dev/null
-  cleanup_work
-  ip link del bbench0 2>/dev/null
-}
-trap cleanup EXIT
+trap cri_cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=4g tmpfs "$work"
 start_registry 5197
 

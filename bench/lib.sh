@@ -197,6 +197,17 @@ state = "$work/containerd/state"
 CFG
 }
 
+# On exit of a CRI benchmark: pods torn down, shims gone, daemon logs kept in
+# $work-logs (/tmp/berth-bench-*-logs), the work directory, bridge and cgroups removed.
+cri_cleanup() {
+  set +e
+  [[ -n ${one_pid:-} ]] && { "$client" teardown "$one_sock" >/dev/null 2>&1; }
+  pkill -f "containerd-shim-runc-v2 .*-address $work/" 2>/dev/null
+  mkdir -p "$work-logs" && cp "$work"/*.log "$work-logs/" 2>/dev/null
+  cleanup_work
+  ip link del bbench0 2>/dev/null
+}
+
 # Starts one daemon with CRI ($1: berthd or containerd) as $one_pid on $one_sock and pulls
 # the images through CRI with $client (an example that does `pull SOCKET IMAGE`).
 start_cri() {

@@ -18,15 +18,7 @@ berthd_bin=$PWD/target/release/berthd
 client=$PWD/target/release/examples/cri_pods
 work=/tmp/berth-bench-stream
 bench_cgroups=k8s.io
-cleanup() {
-  set +e
-  [[ -n ${one_pid:-} ]] && { "$client" teardown "$one_sock" >/dev/null 2>&1; }
-  pkill -f "containerd-shim-runc-v2 .*-address $work/" 2>/dev/null
-  mkdir -p /tmp/berth-bench-stream-logs && cp "$work"/*.log /tmp/berth-bench-stream-logs/ 2>/dev/null
-  cleanup_work
-  ip link del bbench0 2>/dev/null
-}
-trap cleanup EXIT
+trap cri_cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=4g tmpfs "$work"
 start_registry 5195
 cri_setup

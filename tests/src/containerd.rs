@@ -2,7 +2,7 @@
 //! clients that drive berthd drive it, so what berth speaks is checked against the Go
 //! implementations Kubernetes uses (its streaming server is the kubelet's own code).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -71,19 +71,6 @@ state = "{state}"
     }
 }
 
-fn mounts_below(base: &Path) -> Vec<String> {
-    let base = base.to_string_lossy().into_owned();
-    let mut m: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&base))
-        .map(str::to_owned)
-        .collect();
-    m.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    m
-}
-
 impl Drop for ContainerdCri {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -99,9 +86,7 @@ impl Drop for ContainerdCri {
                 self.socket.display()
             ))
             .status();
-        for m in mounts_below(self.dir.path()) {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
+        crate::unmount_below(self.dir.path());
         crate::note_namespace("k8s.io");
         crate::live_leave();
     }

@@ -176,18 +176,7 @@ impl Drop for Dockerd {
                 .stderr(Stdio::null())
                 .status();
         }
-        let base = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&base))
-            .map(str::to_owned)
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
+        crate::unmount_below(self.dir.path());
     }
 }
 

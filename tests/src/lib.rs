@@ -398,14 +398,28 @@ impl Berthd {
 
     /// Mount points below this daemon's directories that are still mounted.
     pub fn leftover_mounts(&self) -> Vec<String> {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let base = self.dir.path().to_string_lossy().into_owned();
-        mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&base))
-            .map(str::to_owned)
-            .collect()
+        mounts_below(self.dir.path())
+    }
+}
+
+/// Mount points at or below `base`, deepest first.
+pub fn mounts_below(base: &Path) -> Vec<String> {
+    let base = base.to_string_lossy().into_owned();
+    let mut m: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&base))
+        .map(str::to_owned)
+        .collect();
+    m.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    m
+}
+
+/// Lazily unmounts whatever is mounted at or below `base` (a fixture's directory).
+pub fn unmount_below(base: &Path) {
+    for m in mounts_below(base) {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
 }
 
@@ -413,11 +427,7 @@ impl Drop for Berthd {
     fn drop(&mut self) {
         self.kill();
         self.reap_tasks();
-        let mut left = self.leftover_mounts();
-        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in left {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
+        unmount_below(self.dir.path());
         let tasks = self.state.join("io.containerd.runtime.v2.task");
         for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
             note_namespace(&ns.file_name().to_string_lossy());

@@ -532,18 +532,7 @@ impl SpdyForward {
 
     /// Sends `data` to `port` in the pod and reads until the pod closes: (data, error text).
     pub async fn request(&mut self, port: u16, data: &[u8]) -> (Vec<u8>, String) {
-        let id = self.next.to_string();
-        self.next += 1;
-        let h = |t: &str| {
-            vec![
-                ("streamtype".to_owned(), t.to_owned()),
-                ("port".to_owned(), port.to_string()),
-                ("requestid".to_owned(), id.clone()),
-            ]
-        };
-        let mut error = self.conn.open(h("error")).await.expect("error stream");
-        error.tx.finish().await;
-        let mut data_s = self.conn.open(h("data")).await.expect("data stream");
+        let (mut error, mut data_s) = self.open_pair(port).await;
         data_s.tx.send(data).await.unwrap();
         let mut got = Vec::new();
         while let Some(b) = data_s.rx.recv().await {
@@ -558,6 +547,12 @@ impl SpdyForward {
 
     /// Opens a forwarded connection and returns its data stream (for throughput tests).
     pub async fn open_data(&mut self, port: u16) -> spdy::Stream {
+        self.open_pair(port).await.1
+    }
+
+    /// The error stream (this side finished, as client-go does) and the data stream of
+    /// one forwarded connection.
+    async fn open_pair(&mut self, port: u16) -> (spdy::Stream, spdy::Stream) {
         let id = self.next.to_string();
         self.next += 1;
         let h = |t: &str| {
@@ -569,7 +564,8 @@ impl SpdyForward {
         };
         let error = self.conn.open(h("error")).await.expect("error stream");
         error.tx.finish().await;
-        self.conn.open(h("data")).await.expect("data stream")
+        let data = self.conn.open(h("data")).await.expect("data stream");
+        (error, data)
     }
 
     pub async fn close(self) {

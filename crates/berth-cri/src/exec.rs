@@ -244,17 +244,8 @@ impl CriContainers {
                 let _ = shim.close_io(&exec_id, true).await;
             }));
         }
-        if let Some(mut sizes) = resize {
-            let (shim, exec_id) = (shim.clone(), exec_id.clone());
-            side.push(tokio::spawn(async move {
-                while let Some(s) = sizes.recv().await {
-                    if s.width > 0 && s.height > 0 {
-                        let _ = shim
-                            .resize_pty(&exec_id, s.width.into(), s.height.into())
-                            .await;
-                    }
-                }
-            }));
+        if let Some(sizes) = resize {
+            side.push(spawn_resizer(shim.clone(), exec_id.clone(), sizes));
         }
         // Side tasks end with the exec (or with the client), never outlive it.
         let _side = AbortOnDrop(side);
@@ -307,15 +298,8 @@ impl CriContainers {
             resize,
         } = io;
         let mut side = Vec::new();
-        if let Some(mut sizes) = resize {
-            let shim = shim.clone();
-            side.push(tokio::spawn(async move {
-                while let Some(s) = sizes.recv().await {
-                    if s.width > 0 && s.height > 0 {
-                        let _ = shim.resize_pty("", s.width.into(), s.height.into()).await;
-                    }
-                }
-            }));
+        if let Some(sizes) = resize {
+            side.push(spawn_resizer(shim.clone(), String::new(), sizes));
         }
         let _side = AbortOnDrop(side);
         // Client stdin, when both sides have one; its end detaches the client. With
@@ -394,6 +378,23 @@ impl Drop for CloseStdin {
             });
         }
     }
+}
+
+/// Passes the client's terminal sizes to the process's pty (empty sizes are ignored).
+fn spawn_resizer(
+    shim: Arc<dyn TaskClient>,
+    exec_id: String,
+    mut sizes: mpsc::Receiver<TermSize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(s) = sizes.recv().await {
+            if s.width > 0 && s.height > 0 {
+                let _ = shim
+                    .resize_pty(&exec_id, s.width.into(), s.height.into())
+                    .await;
+            }
+        }
+    })
 }
 
 /// Aborts its tasks when dropped (the request ended or was dropped).

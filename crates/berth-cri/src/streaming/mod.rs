@@ -397,17 +397,7 @@ fn spdy_upgrade(
         return resp;
     };
     let version = remotecommand::version_of(&chosen);
-    let upgrade = hyper::upgrade::on(req);
-    let active = s.session();
-    tokio::spawn(async move {
-        let _active = active;
-        let io = match upgrade.await {
-            Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                tracing::debug!("streaming upgrade: {e}");
-                return;
-            }
-        };
+    on_upgrade(&s.clone(), req, move |io| async move {
         let conn = spdy::Connection::new(io, true);
         match r {
             StreamRequest::PortForward(pf) => portforward::serve_spdy(s, conn, pf).await,
@@ -423,6 +413,24 @@ fn spdy_upgrade(
         h.insert("x-stream-protocol-version", v);
     }
     resp
+}
+
+/// Serves the connection `req` upgrades (after the 101 went out) with `serve`, counted
+/// as an open session while it lasts.
+pub(crate) fn on_upgrade<F, Fut>(s: &Arc<Streaming>, req: Request<Incoming>, serve: F)
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let upgrade = hyper::upgrade::on(req);
+    let active = s.session();
+    tokio::spawn(async move {
+        let _active = active;
+        match upgrade.await {
+            Ok(io) => serve(TokioIo::new(io)).await,
+            Err(e) => tracing::debug!("streaming upgrade: {e}"),
+        }
+    });
 }
 
 fn tls_acceptor(

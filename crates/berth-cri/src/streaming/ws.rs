@@ -16,7 +16,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -157,17 +156,7 @@ pub fn upgrade(
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let framing = Framing::of(&chosen);
-    let upgrade = hyper::upgrade::on(req);
-    let active = s.session();
-    tokio::spawn(async move {
-        let _active = active;
-        let io = match upgrade.await {
-            Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                tracing::debug!("websocket upgrade: {e}");
-                return;
-            }
-        };
+    super::on_upgrade(&s.clone(), req, move |io| async move {
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         match r {
             StreamRequest::PortForward(pf) => {
