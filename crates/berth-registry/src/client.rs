@@ -72,7 +72,9 @@ pub struct Target<'a> {
 }
 
 pub struct RegistryClient {
-    http: reqwest::Client,
+    /// Made on first use: building it loads the TLS roots, which an idle daemon (or one
+    /// that only speaks to plain-HTTP registries) never needs in memory.
+    http: Mutex<Option<reqwest::Client>>,
     cfg: RegistryConfig,
     /// Authorization header values per (host, scope).
     auth: Mutex<HashMap<(String, String), String>>,
@@ -98,14 +100,8 @@ fn is_loopback(host: &str) -> bool {
 
 impl RegistryClient {
     pub fn new(cfg: RegistryConfig) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .pool_max_idle_per_host(16)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::InvalidArgument(format!("http client: {e}")))?;
         Ok(RegistryClient {
-            http,
+            http: Mutex::new(None),
             cfg,
             auth: Mutex::new(HashMap::new()),
             http_fallback: Mutex::new(HashSet::new()),
@@ -181,10 +177,26 @@ impl RegistryClient {
         }
     }
 
+    /// The client for hosts with default TLS settings.
+    fn default_http(&self) -> Result<reqwest::Client> {
+        let mut g = lock(&self.http);
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(16)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("http client: {e}")))?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
     /// The HTTP client for a host's TLS settings, as `prepare` built it.
     fn http_for(&self, tls: &Tls) -> Result<reqwest::Client> {
         if *tls == Tls::default() {
-            return Ok(self.http.clone());
+            return self.default_http();
         }
         lock(&self.tls_clients).get(tls).cloned().ok_or_else(|| {
             Error::InvalidArgument(format!("no HTTP client prepared for TLS settings {tls:?}"))
@@ -195,7 +207,7 @@ impl RegistryClient {
     /// reading its CA and certificate files. Blocking.
     fn build_http(&self, tls: &Tls) -> Result<reqwest::Client> {
         if *tls == Tls::default() {
-            return Ok(self.http.clone());
+            return self.default_http();
         }
         if let Some(c) = lock(&self.tls_clients).get(tls) {
             return Ok(c.clone());
@@ -404,7 +416,7 @@ impl RegistryClient {
                 if let Some(s) = service {
                     q.push(("service", s));
                 }
-                let mut rb = self.http.get(&realm).query(&q);
+                let mut rb = self.default_http()?.get(&realm).query(&q);
                 if let Some(c) = creds {
                     rb = rb.header(AUTHORIZATION, c.basic_header());
                 }

@@ -290,12 +290,18 @@ async fn run(mut args: Args) -> Result<()> {
         return publish::run(&address, &topic, &namespace).await;
     }
     let mut s = settings(args)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&s.log_level).context("bad --log-level")?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `Targets` takes the same `level,target=level` directives as an env filter without
+    // compiling regular expressions (their code and tables stayed resident for good).
+    let filter: tracing_subscriber::filter::Targets =
+        s.log_level.parse().context("bad --log-level")?;
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .init();
+    }
     for d in [&mut s.root, &mut s.state] {
         std::fs::create_dir_all(&*d).with_context(|| format!("create {}", d.display()))?;
         std::fs::set_permissions(&*d, std::fs::Permissions::from_mode(0o711))?;
