@@ -532,6 +532,41 @@ fn root_exec_over_tls() {
         .is_err());
 }
 
+#[test]
+fn root_an_idle_stream_is_closed_and_its_exec_killed() {
+    let (mut p, ids) = Pod::start_with(
+        16,
+        &[("sh", "exec sleep 3600", false, false, false)],
+        "stream_idle_timeout_secs = 1\n",
+    );
+    for (i, tr) in [TRANSPORTS[0], TRANSPORTS[1]].into_iter().enumerate() {
+        let marker = format!(
+            "{}",
+            800_000 + (std::process::id() % 10_000) * 10 + i as u32
+        );
+        let url = p.exec_url(&ids[0], &["sleep", &marker], OUT);
+        let t = Instant::now();
+        let out = p.rt.block_on(async {
+            Session::open(&url, tr, OUT)
+                .await
+                .unwrap()
+                .finish(Duration::from_secs(10))
+                .await
+        });
+        // The server hung up on the quiet connection: no status, and well before the
+        // command would have ended.
+        assert!(out.error.is_empty(), "{tr:?}: {}", out.error);
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "{tr:?}: {:?}",
+            t.elapsed()
+        );
+        wait_until(&format!("{tr:?}: the idle exec is killed"), T, || {
+            processes_with(&marker) == 0
+        });
+    }
+}
+
 /// What CRI Status (verbose) says of the streaming server.
 fn streaming_info(c: &mut Cri) -> serde_json::Value {
     let st = c

@@ -366,7 +366,7 @@ async fn spdy_session(
     mut input: mpsc::Receiver<Input>,
     out: mpsc::Sender<Output>,
 ) {
-    let mut conn = spdy::Connection::new(io, false);
+    let mut conn = spdy::Connection::new(io, false, None);
     // The order client-go opens them in, each after the previous one's reply.
     let mut kinds = vec!["error"];
     if want.stdin {
@@ -525,7 +525,7 @@ impl SpdyForward {
         )
         .await?;
         Ok(SpdyForward {
-            conn: spdy::Connection::new(io, false),
+            conn: spdy::Connection::new(io, false, None),
             next: 0,
         })
     }

@@ -113,6 +113,8 @@ struct CriSettings {
     /// HTTPS for the streaming server, with this certificate chain and key (PEM).
     stream_tls_cert_file: Option<PathBuf>,
     stream_tls_key_file: Option<PathBuf>,
+    /// A streaming connection with nothing read or written for this long is closed.
+    stream_idle_timeout_secs: u64,
 }
 
 impl Default for CriSettings {
@@ -128,6 +130,7 @@ impl Default for CriSettings {
             stream_server_port: 0,
             stream_tls_cert_file: None,
             stream_tls_key_file: None,
+            stream_idle_timeout_secs: 4 * 3600,
         }
     }
 }
@@ -459,6 +462,7 @@ async fn run(mut args: Args) -> Result<()> {
             port: s.cri.stream_server_port,
             tls_cert: s.cri.stream_tls_cert_file.clone(),
             tls_key: s.cri.stream_tls_key_file.clone(),
+            idle_timeout: std::time::Duration::from_secs(s.cri.stream_idle_timeout_secs.max(1)),
         };
         Some(
             berth_cri::Cri::start(Arc::new(ctx), &streaming)

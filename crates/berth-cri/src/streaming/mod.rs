@@ -37,6 +37,9 @@ pub struct StreamingConfig {
     /// Serve HTTPS with this certificate chain and key (PEM).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// A connection with nothing read or written for this long is closed (as the
+    /// kubelet's streaming server does; its clients ping every 5 s).
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for StreamingConfig {
@@ -46,6 +49,44 @@ impl Default for StreamingConfig {
             port: 0,
             tls_cert: None,
             tls_key: None,
+            idle_timeout: std::time::Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// When a connection last read or wrote, shared by its reader and writer.
+#[derive(Clone)]
+pub struct Activity {
+    base: std::time::Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+    timeout: std::time::Duration,
+}
+
+impl Activity {
+    pub fn new(timeout: std::time::Duration) -> Self {
+        Activity {
+            base: std::time::Instant::now(),
+            last_ms: Default::default(),
+            timeout,
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing happened for the timeout.
+    pub async fn expired(&self) {
+        loop {
+            let last = std::time::Duration::from_millis(
+                self.last_ms.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let idle = self.base.elapsed().saturating_sub(last);
+            if idle >= self.timeout {
+                return;
+            }
+            tokio::time::sleep(self.timeout - idle).await;
         }
     }
 }
@@ -70,6 +111,7 @@ impl StreamRequest {
 
 pub struct Streaming {
     base: String,
+    idle_timeout: std::time::Duration,
     addr: SocketAddr,
     tokens: Tokens<StreamRequest>,
     /// Upgraded connections being served.
@@ -113,6 +155,7 @@ impl Streaming {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let s = Arc::new(Streaming {
             base: format!("{scheme}://{addr}"),
+            idle_timeout: cfg.idle_timeout,
             addr,
             tokens: Tokens::new(TOKEN_TTL),
             active: Default::default(),
@@ -146,6 +189,10 @@ impl Streaming {
         });
         tracing::info!(url = %s.base, "CRI streaming server listening");
         Ok(s)
+    }
+
+    pub(crate) fn activity(&self) -> Activity {
+        Activity::new(self.idle_timeout)
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -398,7 +445,7 @@ fn spdy_upgrade(
     };
     let version = remotecommand::version_of(&chosen);
     on_upgrade(&s.clone(), req, move |io| async move {
-        let conn = spdy::Connection::new(io, true);
+        let conn = spdy::Connection::new(io, true, Some(Activity::new(s.idle_timeout)));
         match r {
             StreamRequest::PortForward(pf) => portforward::serve_spdy(s, conn, pf).await,
             r => remotecommand::serve_spdy(s, conn, version, r).await,

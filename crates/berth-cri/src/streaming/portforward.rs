@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::spdy::{self, StreamWriter};
@@ -215,7 +213,8 @@ pub async fn serve_ws<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (writer, mut incoming) = ws::split(sock);
+    let (writer, mut incoming) = ws::split(sock, s.activity());
+    let activity = writer.activity.clone();
     let ports: Vec<u16> = req.port.iter().map(|p| *p as u16).collect();
     let mut inputs = Vec::new();
     let mut forwards = tokio::task::JoinSet::new();
@@ -247,10 +246,7 @@ pub async fn serve_ws<S>(
         });
     }
     let read = async {
-        while let Some(Ok(m)) = incoming.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
+        while let Some(m) = ws::next_message(&mut incoming, &activity).await {
             let Some((ch, data)) = framing.decode(m) else {
                 continue;
             };

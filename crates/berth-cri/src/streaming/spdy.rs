@@ -434,8 +434,8 @@ impl Drop for Connection {
 
 impl Connection {
     /// Starts serving `io`. `server` picks stream ids (even) and whether peers' SYN_STREAMs
-    /// are accepted.
-    pub fn new<T>(io: T, server: bool) -> Connection
+    /// are accepted; with `idle`, a connection quiet for its timeout is cut.
+    pub fn new<T>(io: T, server: bool, idle: Option<super::Activity>) -> Connection
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -446,6 +446,10 @@ impl Connection {
         let streams: Arc<Mutex<HashMap<u32, mpsc::Sender<Bytes>>>> = Arc::default();
         let replies: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<bool>>>> = Arc::default();
         let last_peer_stream = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (idle_w, idle_r) = (idle.clone(), idle);
+        if let Some(a) = &idle_w {
+            a.touch();
+        }
         let writer = tokio::spawn(async move {
             let mut codec = Codec::new();
             let mut batch = Vec::with_capacity(64 << 10);
@@ -474,6 +478,9 @@ impl Connection {
                     next = out_rx.try_recv().ok();
                 }
                 let failed = failed || wr.write_all(&batch).await.is_err();
+                if let Some(a) = &idle_w {
+                    a.touch();
+                }
                 batch.clear();
                 if batch.capacity() > 4 * WRITE_BATCH {
                     batch.shrink_to(64 << 10);
@@ -493,8 +500,22 @@ impl Connection {
         );
         let reader = tokio::spawn(async move {
             let mut codec = Codec::new();
+            let expired = async {
+                match &idle_r {
+                    Some(a) => a.expired().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
             loop {
-                let frame = match codec.read(&mut rd).await {
+                let read = tokio::select! {
+                    r = codec.read(&mut rd) => r,
+                    _ = &mut expired => {
+                        tracing::debug!("SPDY connection idle for too long: closed");
+                        break;
+                    }
+                };
+                let frame = match read {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
@@ -502,6 +523,9 @@ impl Connection {
                         break;
                     }
                 };
+                if let Some(a) = &idle_r {
+                    a.touch();
+                }
                 match frame {
                     Frame::SynStream {
                         stream,
@@ -772,8 +796,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_replies_echoes_pings_and_carries_data_both_ways() {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let mut server = Connection::new(a, true);
-        let mut client = Connection::new(b, false);
+        let mut server = Connection::new(a, true, None);
+        let mut client = Connection::new(b, false, None);
         let opener = tokio::spawn(async move {
             let mut s = client
                 .open(vec![("streamtype".into(), "stdin".into())])

@@ -186,27 +186,62 @@ pub fn upgrade(
 pub struct Writer {
     pub out: mpsc::Sender<Message>,
     task: tokio::task::JoinHandle<()>,
+    /// Touched by every message sent or read; the reader closes on its expiry.
+    pub activity: super::Activity,
 }
 
 pub type Reader<S> = futures::stream::SplitStream<WebSocketStream<S>>;
 
 /// Splits a connection into its writer and the messages read.
-pub fn split<S>(ws: WebSocketStream<S>) -> (Writer, Reader<S>)
+pub fn split<S>(ws: WebSocketStream<S>, activity: super::Activity) -> (Writer, Reader<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, incoming) = ws.split();
     let (out, mut rx) = mpsc::channel::<Message>(32);
+    activity.touch();
+    let a = activity.clone();
     let task = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             let close = matches!(m, Message::Close(_));
             if sink.send(m).await.is_err() || close {
                 break;
             }
+            a.touch();
         }
         let _ = sink.close().await;
     });
-    (Writer { out, task }, incoming)
+    (
+        Writer {
+            out,
+            task,
+            activity,
+        },
+        incoming,
+    )
+}
+
+/// The next message, or `None` when the peer closed, failed or stayed idle too long.
+pub async fn next_message<S>(
+    incoming: &mut Reader<S>,
+    activity: &super::Activity,
+) -> Option<Message>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::select! {
+        m = incoming.next() => match m {
+            Some(Ok(m)) if !matches!(m, Message::Close(_)) => {
+                activity.touch();
+                Some(m)
+            }
+            _ => None,
+        },
+        _ = activity.expired() => {
+            tracing::debug!("websocket connection idle for too long: closed");
+            None
+        }
+    }
 }
 
 impl Writer {
@@ -250,7 +285,8 @@ async fn serve_remote<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let want = Want::of(&r);
-    let (sock, mut incoming) = split(ws);
+    let (sock, mut incoming) = split(ws, s.activity());
+    let activity = sock.activity.clone();
     // One empty message tells the client the streams are up.
     let first = if want.stdout {
         STDOUT
@@ -289,10 +325,7 @@ async fn serve_remote<S>(
     let incoming_ref = &mut incoming;
     let read = async move {
         let incoming = incoming_ref;
-        while let Some(Ok(m)) = incoming.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
+        while let Some(m) = next_message(incoming, &activity).await {
             let Some((ch, data)) = framing.decode(m) else {
                 continue;
             };
