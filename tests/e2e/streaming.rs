@@ -244,6 +244,7 @@ fn root_attach_and_port_forward() {
                 false,
             ),
             ("reader", "while read l; do echo got-$l; done; echo stdin-closed", true, true, false),
+            ("term", "exec sh", true, false, true),
             (
                 "web",
                 "busybox mkdir -p /a /b && echo page-80 > /a/index.html && echo page-8080 > /b/index.html && busybox httpd -p 80 -h /a && exec busybox httpd -f -p 8080 -h /b",
@@ -253,7 +254,7 @@ fn root_attach_and_port_forward() {
             ),
         ],
     );
-    let (counter, reader) = (ids[0].clone(), ids[1].clone());
+    let (counter, reader, term) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
 
     // Attach receives the counter while the log keeps receiving it too.
     for tr in TRANSPORTS {
@@ -320,6 +321,32 @@ fn root_attach_and_port_forward() {
     });
     let log = std::fs::read_to_string(p.logs.path().join("reader/0.log")).unwrap();
     assert!(log.contains("stdout F stdin-closed"), "{log}");
+
+    // Attach to a shell on a TTY (`kubectl attach -it`): keystrokes reach it, resizes too,
+    // on both transports; detaching leaves it running.
+    let tty = Want {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    for (i, tr) in [TRANSPORTS[0], TRANSPORTS[1]].into_iter().enumerate() {
+        let url = p.attach_url(&term, tty);
+        let (w, h) = (70 + i as u16, 20 + i as u16);
+        p.rt.block_on(async {
+            let mut s = Session::open(&url, tr, tty).await.unwrap();
+            s.resize(w, h).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.send(b"stty size; echo tty-$((40+2))\n").await;
+            s.read_until("tty-42", T).await;
+            let out = String::from_utf8_lossy(&s.stdout).into_owned();
+            assert!(out.contains(&format!("{h} {w}")), "{tr:?}: {out}");
+        });
+    }
+    assert_eq!(
+        p.c.status(&term).state,
+        cri::ContainerState::ContainerRunning as i32
+    );
 
     // Port forward over SPDY: a page, two ports at once on one connection, and a port
     // nobody listens on, which fails alone.
