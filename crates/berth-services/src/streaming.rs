@@ -20,7 +20,11 @@ use crate::status::namespace;
 pub struct StreamHandle {
     pub to_client: mpsc::Sender<prost_types::Any>,
     pub from_client: mpsc::Receiver<prost_types::Any>,
+    /// Tells this stream from a later one the client opens with the same id.
+    serial: u64,
 }
+
+static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Open streams by (namespace, id); a service takes a stream out to use it.
 #[derive(Clone, Default)]
@@ -34,6 +38,18 @@ impl StreamRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(ns.to_owned(), id.to_owned()))
+    }
+
+    /// Forgets the stream `(ns, id)` if it is still the one numbered `serial`: a client may
+    /// have opened a new stream with the same id since.
+    fn forget(&self, ns: &str, id: &str, serial: u64) -> bool {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ns.to_owned(), id.to_owned());
+        if m.get(&key).is_some_and(|h| h.serial == serial) {
+            m.remove(&key);
+            return true;
+        }
+        false
     }
 }
 
@@ -77,6 +93,7 @@ impl streaming_server::Streaming for StreamingService {
         }
         let (to_client, out) = mpsc::channel(64);
         let (in_tx, from_client) = mpsc::channel(16);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut m = self
                 .streams
@@ -95,6 +112,7 @@ impl streaming_server::Streaming for StreamingService {
                 StreamHandle {
                     to_client: to_client.clone(),
                     from_client,
+                    serial,
                 },
             );
         }
@@ -107,6 +125,7 @@ impl streaming_server::Streaming for StreamingService {
             .await;
         let id = init.id.clone();
         let (registry, key) = (self.streams.clone(), (ns.to_string(), init.id.clone()));
+
         tokio::spawn(async move {
             loop {
                 match incoming.next().await {
@@ -128,7 +147,7 @@ impl streaming_server::Streaming for StreamingService {
                 }
             }
             // A stream no transfer took before its client went away is forgotten.
-            if registry.take(&key.0, &key.1).is_some() {
+            if registry.forget(&key.0, &key.1, serial) {
                 tracing::debug!(stream = %id, "stream closed before any transfer used it");
             }
         });
@@ -288,5 +307,34 @@ impl std::io::Write for StreamWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(serial: u64) -> StreamHandle {
+        let (to_client, _) = mpsc::channel(1);
+        let (_, from_client) = mpsc::channel(1);
+        StreamHandle {
+            to_client,
+            from_client,
+            serial,
+        }
+    }
+
+    /// The cleanup of a stream whose client went away must not take a newer stream the
+    /// client opened under the same id (a transfer then found its progress stream gone).
+    #[test]
+    fn a_closed_stream_forgets_only_itself() {
+        let r = StreamRegistry::default();
+        let key = ("default".to_owned(), "progress-1".to_owned());
+        r.streams.lock().unwrap().insert(key.clone(), handle(2));
+        assert!(!r.forget("default", "progress-1", 1), "an older stream's cleanup");
+        assert!(r.take("default", "progress-1").is_some());
+        r.streams.lock().unwrap().insert(key, handle(3));
+        assert!(r.forget("default", "progress-1", 3));
+        assert!(r.take("default", "progress-1").is_none());
     }
 }
