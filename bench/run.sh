@@ -31,6 +31,7 @@ cleanup() {
   grep -E " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
   umount -l "$work" 2>/dev/null
   rm -rf "$work"
+  remove_cgroups $bench_cgroups
 }
 trap cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=2g tmpfs "$work"
