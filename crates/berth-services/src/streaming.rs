@@ -331,7 +331,10 @@ mod tests {
         let r = StreamRegistry::default();
         let key = ("default".to_owned(), "progress-1".to_owned());
         r.streams.lock().unwrap().insert(key.clone(), handle(2));
-        assert!(!r.forget("default", "progress-1", 1), "an older stream's cleanup");
+        assert!(
+            !r.forget("default", "progress-1", 1),
+            "an older stream's cleanup"
+        );
         assert!(r.take("default", "progress-1").is_some());
         r.streams.lock().unwrap().insert(key, handle(3));
         assert!(r.forget("default", "progress-1", 3));
