@@ -1,9 +1,9 @@
 # Shared by the benchmarks: both daemons side by side on $work (a tmpfs), and the figures.
 # Sourced with $work and $berthd_bin set; sets $b_pid and $c_pid.
 
-start_daemons() {
-  "$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & b_pid=$!
-  # containerd with the CRI plugin off, so both serve the same API surface.
+# containerd's configuration on $work with the CRI plugin off, so that both daemons serve
+# the same API surface.
+plain_containerd_config() {
   cat > "$work/containerd.toml" <<CFG
 version = 2
 root = "$work/containerd/root"
@@ -12,6 +12,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$work/containerd.sock"
 CFG
+}
+
+start_daemons() {
+  "$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & b_pid=$!
+  plain_containerd_config
   containerd --config "$work/containerd.toml" --log-level warn 2>"$work/containerd.log" & c_pid=$!
   for s in berth.sock containerd.sock; do for _ in $(seq 100); do [[ -S $work/$s ]] && break; sleep 0.1; done; done
 }
@@ -25,14 +30,7 @@ start_one() {
       "$berthd_bin" --root "$work/berth/root" --state "$work/berth/state" --address "$work/berth.sock" --log-level warn & one_pid=$!
       one_sock=$work/berth.sock ;;
     containerd)
-      cat > "$work/containerd.toml" <<CFG
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/containerd.sock"
-CFG
+      plain_containerd_config
       containerd --config "$work/containerd.toml" --log-level warn 2>>"$work/containerd.log" & one_pid=$!
       one_sock=$work/containerd.sock ;;
   esac

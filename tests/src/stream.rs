@@ -276,7 +276,8 @@ impl Session {
             }
             Transport::WebSocket(proto) => {
                 let ws = ws_connect(url, proto).await?;
-                ws_session(ws, proto, want, in_rx, out_tx);
+                // The channels come from the CRI request on the server's side.
+                ws_session(ws, proto, in_rx, out_tx);
             }
         }
         Ok(Session {
@@ -456,14 +457,12 @@ async fn spdy_session(
 fn ws_session(
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
     proto: &'static str,
-    want: Want,
     mut input: mpsc::Receiver<Input>,
     out: mpsc::Sender<Output>,
 ) {
     let base64 = proto.contains("base64");
     let v5 = proto == "v5.channel.k8s.io";
     let (mut sink, mut stream) = ws.split();
-    let _ = want;
     tokio::spawn(async move {
         while let Some(i) = input.recv().await {
             let m = match i {

@@ -231,11 +231,7 @@ impl CriContainers {
         // Held open (read and write, so opening never waits) for attached clients; the
         // shim sees its end when berthd closes it.
         let stdin = if r.config.stdin {
-            let p = dir.join("stdin");
-            let tx = tokio::net::unix::pipe::OpenOptions::new()
-                .read_write(true)
-                .open_sender(&p)
-                .map_err(Error::io("open fifo", &p))?;
+            let tx = logs::open_fifo_writer(&dir.join("stdin"))?;
             Some(Arc::new(tokio::sync::Mutex::new(Some(tx))))
         } else {
             None

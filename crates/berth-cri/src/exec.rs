@@ -92,7 +92,8 @@ async fn pump_out(mut rx: tokio::net::unix::pipe::Receiver, to: Option<mpsc::Sen
     }
 }
 
-fn check_running(r: &crate::store::ContainerRecord) -> Result<()> {
+/// Exec and attach need a running container.
+pub(crate) fn check_running(r: &crate::store::ContainerRecord) -> Result<()> {
     if state_of(r) != cri::ContainerState::ContainerRunning {
         return Err(Error::FailedPrecondition(format!(
             "container {:?} is {}, not running",
@@ -171,12 +172,7 @@ impl CriContainers {
             None
         };
         let stdin_tx = if want_stdin {
-            Some(
-                tokio::net::unix::pipe::OpenOptions::new()
-                    .read_write(true)
-                    .open_sender(&inp)
-                    .map_err(Error::io("open fifo", &inp))?,
-            )
+            Some(logs::open_fifo_writer(&inp)?)
         } else {
             None
         };

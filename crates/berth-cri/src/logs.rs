@@ -154,6 +154,15 @@ pub fn open_fifo(fifo: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
         .map_err(Error::io("open fifo", fifo))
 }
 
+/// Opens a fifo's writing end for a process's stdin, read-write for the same reasons: the
+/// open never waits for the shim, and the shim sees the end only when this end closes.
+pub fn open_fifo_writer(fifo: &Path) -> Result<tokio::net::unix::pipe::Sender> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(fifo)
+        .map_err(Error::io("open fifo", fifo))
+}
+
 /// Copies one fifo into the log until the container has exited and the fifo is drained;
 /// what it reads also goes to `tap` (attached clients), when anyone listens.
 pub async fn copy(

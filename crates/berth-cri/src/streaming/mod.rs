@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 
 use crate::containers::CriContainers;
-use crate::context::{blocking, CriContext};
+use crate::context::CriContext;
 use crate::error::{Error, Result};
 use tokens::{Tokens, TOKEN_TTL};
 
@@ -128,7 +128,11 @@ impl Streaming {
         containers: Arc<CriContainers>,
     ) -> Result<Arc<Streaming>> {
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+            (Some(c), Some(k)) => {
+                // Reads the PEM files: off the async threads.
+                let (c, k) = (c.clone(), k.clone());
+                Some(crate::context::blocking(move || tls_acceptor(&c, &k)).await?)
+            }
             (None, None) => None,
             _ => {
                 return Err(Error::InvalidArgument(
@@ -266,27 +270,12 @@ impl Streaming {
         if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
             return Err(Error::InvalidArgument(format!("invalid port {p}")));
         }
-        let (ctx, id) = (self.ctx.clone(), req.pod_sandbox_id.clone());
-        let sb = blocking(move || ctx.store.sandbox(&id)).await?;
-        if sb.state != crate::store::SandboxState::Ready {
-            return Err(Error::FailedPrecondition(format!(
-                "pod sandbox {:?} is not ready",
-                sb.id
-            )));
-        }
+        portforward::ready_sandbox(&self.ctx, &req.pod_sandbox_id).await?;
         self.url(StreamRequest::PortForward(req))
     }
 
     async fn running(&self, id: &str) -> Result<()> {
-        let r = self.containers.get(id).await?;
-        let state = crate::containers::state_of(&r);
-        if state != cri::ContainerState::ContainerRunning {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id:?} is {}, not running",
-                state.as_str_name()
-            )));
-        }
-        Ok(())
+        crate::exec::check_running(&self.containers.get(id).await?)
     }
 
     async fn serve_connection<T>(self: Arc<Self>, io: T)

@@ -24,6 +24,22 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After one direction ended, the other gets this long to finish (as socat does).
 const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// The pod's sandbox, which must be ready to forward into.
+pub(crate) async fn ready_sandbox(
+    ctx: &Arc<crate::context::CriContext>,
+    pod: &str,
+) -> Result<crate::store::SandboxRecord> {
+    let (c, id) = (ctx.clone(), pod.to_owned());
+    let sb = blocking(move || c.store.sandbox(&id)).await?;
+    if sb.state != crate::store::SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!(
+            "pod sandbox {:?} is not ready",
+            sb.id
+        )));
+    }
+    Ok(sb)
+}
+
 /// Connects to `localhost:port` in the pod's network namespace (IPv4, then IPv6).
 pub async fn dial(
     ctx: &Arc<crate::context::CriContext>,
@@ -33,13 +49,7 @@ pub async fn dial(
     if port == 0 {
         return Err(Error::InvalidArgument("invalid port 0".into()));
     }
-    let (c, id) = (ctx.clone(), pod.to_owned());
-    let sb = blocking(move || c.store.sandbox(&id)).await?;
-    if sb.state != crate::store::SandboxState::Ready {
-        return Err(Error::FailedPrecondition(format!(
-            "pod sandbox {pod:?} is not ready"
-        )));
-    }
+    let sb = ready_sandbox(ctx, pod).await?;
     let connect = move || -> Result<std::net::TcpStream> {
         let v4 = std::net::TcpStream::connect_timeout(
             &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),

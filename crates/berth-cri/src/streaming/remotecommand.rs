@@ -128,9 +128,8 @@ pub async fn run(s: &Streaming, r: &StreamRequest, io: StreamIo) -> Result<i32> 
     }
 }
 
-/// Feeds client bytes (one JSON object after another, split anywhere) into sizes.
-pub fn resize_decoder() -> (mpsc::Sender<Bytes>, mpsc::Receiver<TermSize>) {
-    let (btx, mut brx) = mpsc::channel::<Bytes>(8);
+/// Terminal sizes from the client's bytes (one JSON object after another, split anywhere).
+pub fn decode_resizes(mut brx: mpsc::Receiver<Bytes>) -> mpsc::Receiver<TermSize> {
     let (stx, srx) = mpsc::channel(8);
     tokio::spawn(async move {
         let mut buf: Vec<u8> = Vec::new();
@@ -163,7 +162,7 @@ pub fn resize_decoder() -> (mpsc::Sender<Bytes>, mpsc::Receiver<TermSize>) {
             }
         }
     });
-    (btx, srx)
+    srx
 }
 
 /// Copies what the command writes to a SPDY stream, then finishes the stream.
@@ -228,18 +227,7 @@ pub async fn serve_spdy(
                 io.stderr = Some(tx);
                 sinks.push(h);
             }
-            "resize" if want.tty => {
-                let (btx, sizes) = resize_decoder();
-                let mut rx = st.rx;
-                tokio::spawn(async move {
-                    while let Some(b) = rx.recv().await {
-                        if btx.send(b).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                io.resize = Some(sizes);
-            }
+            "resize" if want.tty => io.resize = Some(decode_resizes(st.rx)),
             _ => {}
         }
     }
@@ -311,7 +299,8 @@ mod tests {
 
     #[tokio::test]
     async fn resize_events_decode_across_and_within_chunks() {
-        let (tx, mut sizes) = resize_decoder();
+        let (tx, rx) = mpsc::channel(8);
+        let mut sizes = decode_resizes(rx);
         tx.send(Bytes::from_static(b"{\"Width\":80,\"Hei"))
             .await
             .unwrap();

@@ -316,7 +316,8 @@ async fn serve_remote<S>(
     }
     let mut resize_tx = None;
     if want.tty {
-        let (tx, sizes) = remotecommand::resize_decoder();
+        let (tx, rx) = mpsc::channel(8);
+        let sizes = remotecommand::decode_resizes(rx);
         resize_tx = Some(tx);
         io.resize = Some(sizes);
     }
