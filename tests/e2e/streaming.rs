@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use berth_e2e::cri::{container_config, pod_config, v1 as cri, CniNet, Cri};
 use berth_e2e::stream::{ws_forward, Session, SpdyForward, Transport, Want, TRANSPORTS};
 use berth_e2e::*;
+use containerd_client::tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -592,6 +593,173 @@ fn root_an_idle_stream_is_closed_and_its_exec_killed() {
             processes_with(&marker) == 0
         });
     }
+}
+
+/// The status code of a raw HTTP/1.1 request to `url` with `headers`.
+fn http_status(url: &str, headers: &[&str]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+#[test]
+fn root_streaming_refuses_bad_requests_by_name() {
+    let (mut p, ids) = Pod::start(
+        17,
+        &[
+            ("sh", "exec sleep 3600", false, false, false),
+            ("done", "exit 0", false, false, false),
+        ],
+    );
+    let (sh, done) = (ids[0].clone(), ids[1].clone());
+    let exec = |id: &str, tty: bool, stderr: bool, stdout: bool| cri::ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["true".into()],
+        tty,
+        stdin: false,
+        stdout,
+        stderr,
+    };
+    let e =
+        p.c.call(|c| c.runtime.exec(exec("nosuchcontainer", false, true, true)))
+            .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nosuchcontainer"), "{e:?}");
+    let e =
+        p.c.call(|c| c.runtime.exec(exec(&sh, true, true, true)))
+            .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("tty and stderr"), "{e:?}");
+    let e =
+        p.c.call(|c| c.runtime.exec(exec(&sh, false, false, false)))
+            .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    wait_until("the short-lived container exits", T, || {
+        p.c.status(&done).state == cri::ContainerState::ContainerExited as i32
+    });
+    let e =
+        p.c.call(|c| c.runtime.exec(exec(&done, false, true, true)))
+            .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(&done) && e.message().contains("not running"),
+        "{e:?}"
+    );
+    let e =
+        p.c.call(|c| {
+            c.runtime.port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: "nosuchpod".into(),
+                port: vec![80],
+            })
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nosuchpod"), "{e:?}");
+    assert_eq!(
+        streaming_info(&mut p.c)["pendingTokens"],
+        0,
+        "no URL was handed out"
+    );
+
+    // Upgrades that cannot be served: no stream, a status that says why.
+    let url = p.exec_url(&sh, &["true"], OUT);
+    let (code, body) = http_status(&url, &[]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("missing upgrade headers"), "{body}");
+    let url = p.exec_url(&sh, &["true"], OUT);
+    let (code, body) = http_status(
+        &url,
+        &[
+            "Connection: Upgrade",
+            "Upgrade: SPDY/3.1",
+            "X-Stream-Protocol-Version: v9.channel.k8s.io",
+        ],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("v9.channel.k8s.io"), "{body}");
+    let url = p.exec_url(&sh, &["true"], OUT);
+    let (code, body) = http_status(
+        &url,
+        &[
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Protocol: v9.channel.k8s.io",
+        ],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("v9.channel.k8s.io"), "{body}");
+    // An exec token on the attach path, and the token is spent by trying.
+    let url = p.exec_url(&sh, &["true"], OUT);
+    assert_eq!(
+        http_status(&url.replacen("/exec/", "/attach/", 1), &[]).0,
+        404
+    );
+    assert_eq!(http_status(&url, &[]).0, 404);
+    wait_until("nothing open on the streaming server", T, || {
+        let i = streaming_info(&mut p.c);
+        i["activeSessions"] == 0 && i["pendingTokens"] == 0
+    });
+}
+
+/// A TLS setting that cannot work stops berthd at start, naming what is missing.
+#[test]
+fn root_a_half_tls_setting_stops_berthd_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("berthd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cri]\nstream_tls_cert_file = \"{}\"\n",
+            dir.path().join("cert.pem").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(berthd_binary())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(dir.path().join("berth.sock"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > T {
+            let _ = child.kill();
+            panic!("berthd started with a certificate and no key");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("certificate and a key"), "{err}");
 }
 
 /// What CRI Status (verbose) says of the streaming server.
