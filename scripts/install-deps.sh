@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages berth builds and tests with: protoc (containerd-client's build), the
+# Debian packages berth builds and tests with: protoc (containerd-client's build), libseccomp
+# (the berth shim links it to load seccomp profiles), the
 # real peers (ctr/containerd, runc, crun, docker-registry), busybox for test images,
 # umoci and skopeo for building and comparing images, htpasswd (apache2-utils) for an
 # authenticating test registry, openssl for a test CA, procps (pgrep), CNI plugins, and
 # docker.io (Docker's daemon, a real client of the containerd API).
 set -euo pipefail
-pkgs=(protobuf-compiler bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins iptables docker.io)
+pkgs=(protobuf-compiler libseccomp-dev pkg-config bc apache2-utils openssl procps containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins iptables docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -91,3 +91,123 @@ impl Drop for ContainerdCri {
         crate::live_leave();
     }
 }
+
+/// Debian's containerd with only containerd's API (its CRI plugin off), on temporary
+/// directories, with berth's shim on its PATH: the unmodified peer berth's shim must serve.
+pub struct Containerd {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Containerd {
+    pub fn start() -> Self {
+        crate::require("containerd");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-containerd")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+"#,
+            root = p("root"),
+            state = p("state"),
+            sock = socket.display(),
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        crate::live_enter();
+        let mut c = Containerd {
+            child: None,
+            dir,
+            socket,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts (or, after `kill`, restarts) the daemon on the same directories.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))
+            .unwrap();
+        let shim_dir = crate::berthd_binary().parent().unwrap().to_path_buf();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let s = self.socket.clone();
+        crate::wait_for("containerd socket", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&s).is_ok()
+        });
+    }
+
+    /// SIGKILL, as a crash would; shims and containers stay.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        crate::note_namespace(ns);
+        Command::new("timeout")
+            .args(["-s", "KILL", "120", "ctr"])
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ctr_ok(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ctr(ns, args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\n{}\n--- containerd log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        // Shims (and their containers) a failed test left behind.
+        crate::kill_berth_shims(&self.socket);
+        crate::unmount_below(self.dir.path());
+        crate::live_leave();
+    }
+}

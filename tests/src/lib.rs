@@ -374,6 +374,14 @@ impl Berthd {
         for ns in namespaces.flatten() {
             for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 let id = b.file_name().to_string_lossy().into_owned();
+                // berth's shim keeps its container's init pid in the bundle.
+                if let Some(pid) = std::fs::read_to_string(b.path().join("init.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: signalling a process by pid; a stale pid only risks ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
                 if let Some(pid) = std::fs::read_to_string(b.path().join("shim.pid"))
                     .ok()
                     .and_then(|p| p.trim().parse::<i32>().ok())
@@ -399,6 +407,31 @@ impl Berthd {
     /// Mount points below this daemon's directories that are still mounted.
     pub fn leftover_mounts(&self) -> Vec<String> {
         mounts_below(self.dir.path())
+    }
+}
+
+/// Kills berth shims serving the daemon at `socket` (`-address`), and the containers they
+/// keep (the shim's process group holds neither, so by cgroup-free means: the shim's
+/// children first).
+pub fn kill_berth_shims(socket: &Path) {
+    let pattern = format!("containerd-shim-berth-v2 .*-address {}", socket.display());
+    let out = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for shim in out.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
+            .unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
+            // SAFETY: signalling a process by pid; a stale pid only risks ESRCH.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(shim, libc::SIGKILL) };
     }
 }
 
@@ -441,9 +474,14 @@ pub struct EventWatch(Child);
 
 impl EventWatch {
     pub fn start(d: &Berthd) -> Self {
+        Self::on_socket(&d.socket)
+    }
+
+    /// `ctr events` against any daemon's socket.
+    pub fn on_socket(socket: &Path) -> Self {
         let child = Command::new("ctr")
             .arg("-a")
-            .arg(&d.socket)
+            .arg(socket)
             .arg("events")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,0 +1,19 @@
+//! berth's shim v2 (`containerd-shim-berth-v2`, runtime `io.containerd.berth.v2`): one
+//! process per container or per pod, serving containerd's task API over ttrpc to berthd or
+//! to containerd itself, and making containers in-process through `berth-container`.
+//!
+//! The binary is four things by its arguments: `start` (launch or reuse the serving shim and
+//! print its address), `delete` (clean up after a shim that is gone), the server itself
+//! (`-socket`), and the OCI runtime (`oci-runtime ...`, a fresh single-threaded process).
+
+mod bootstrap;
+mod cgroup;
+mod container;
+mod error;
+mod reaper;
+mod runtime;
+mod service;
+mod stdio;
+
+pub use bootstrap::main;
+pub use error::Error;

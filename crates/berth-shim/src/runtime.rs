@@ -1,0 +1,360 @@
+//! The OCI runtime a container is made with, driven through runc's command line: berth's own
+//! (this binary in `oci-runtime` mode, libcontainer in a fresh single-threaded process) by
+//! default, or a runc-compatible binary named by the runtime options' `BinaryName`.
+
+use std::{
+    fs::File,
+    io::{Read, Seek, SeekFrom},
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use serde_json::json;
+
+use crate::{error::Error, reaper::Reaper};
+
+/// Where a container's runtime state lives when the options name no root: inside its
+/// bundle, so that two daemons never share it and it goes with the bundle.
+const STATE_DIR: &str = "runtime-state";
+/// The runtime's JSON log in the bundle, where its errors are read from.
+const LOG_FILE: &str = "log.json";
+/// What the shim remembers of the options in the bundle, for `delete` after a crash.
+const OPTIONS_FILE: &str = "options.json";
+
+/// The runtime options containerd passes (`containerd.runc.v1.Options`) that choose and
+/// configure the runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    pub binary_name: String,
+    pub root: String,
+    pub systemd_cgroup: bool,
+}
+
+impl RuntimeOptions {
+    pub fn save(&self, bundle: &Path) -> Result<(), Error> {
+        let v = json!({
+            "binary_name": self.binary_name,
+            "root": self.root,
+            "systemd_cgroup": self.systemd_cgroup,
+        });
+        let path = bundle.join(OPTIONS_FILE);
+        std::fs::write(&path, v.to_string()).map_err(|e| Error::io("write", &path, e))
+    }
+
+    /// The saved options; defaults when there are none.
+    pub fn load(bundle: &Path) -> Self {
+        let Ok(text) = std::fs::read_to_string(bundle.join(OPTIONS_FILE)) else {
+            return Self::default();
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+        RuntimeOptions {
+            binary_name: s("binary_name"),
+            root: s("root"),
+            systemd_cgroup: v
+                .get("systemd_cgroup")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// The stdio a runtime invocation gets; for create and exec without a terminal the
+/// container's process inherits it.
+#[derive(Default)]
+pub struct InvocationStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// One container's runtime: which binary, and where its state and log are.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    binary: PathBuf,
+    /// This binary, run in its `oci-runtime` mode.
+    own: bool,
+    root: PathBuf,
+    log: PathBuf,
+    systemd_cgroup: bool,
+    reaper: Arc<Reaper>,
+}
+
+impl Runtime {
+    pub fn new(
+        bundle: &Path,
+        namespace: &str,
+        options: &RuntimeOptions,
+        reaper: Arc<Reaper>,
+    ) -> Result<Self, Error> {
+        let (binary, own) = if options.binary_name.is_empty() {
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::io("find", Path::new("/proc/self/exe"), e))?;
+            (exe, true)
+        } else {
+            (find_binary(&options.binary_name)?, false)
+        };
+        let root = if options.root.is_empty() {
+            bundle.join(STATE_DIR)
+        } else {
+            Path::new(&options.root).join(namespace)
+        };
+        Ok(Runtime {
+            binary,
+            own,
+            root,
+            log: bundle.join(LOG_FILE),
+            systemd_cgroup: options.systemd_cgroup,
+            reaper,
+        })
+    }
+
+    /// The runtime's name for errors: `berth` or the binary's path.
+    pub fn name(&self) -> String {
+        if self.own {
+            "berth oci-runtime".into()
+        } else {
+            self.binary.display().to_string()
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        if self.own {
+            c.arg(berth_container::MODE_ARG);
+        }
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--log-format")
+            .arg("json");
+        if self.systemd_cgroup {
+            c.arg("--systemd-cgroup");
+        }
+        c
+    }
+
+    /// Runs one invocation to its end; a failure carries what the runtime logged.
+    async fn run(&self, mut cmd: Command, stdio: InvocationStdio, what: &str) -> Result<(), Error> {
+        let log_len = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
+            .stdout(stdio.stdout.map(Stdio::from).unwrap_or_else(Stdio::null))
+            .stderr(stdio.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
+        let (_, exit) = self.reaper.spawn(&mut cmd).map_err(|e| Error::Runtime {
+            runtime: self.name(),
+            action: what.to_owned(),
+            message: format!("cannot run {}: {e}", self.binary.display()),
+        })?;
+        // Dropping the command closes the shim's copies of the process's pipe ends.
+        drop(cmd);
+        let exit = exit.await.map_err(|_| Error::Runtime {
+            runtime: self.name(),
+            action: what.to_owned(),
+            message: "its exit was never seen".into(),
+        })?;
+        if exit.code == 0 {
+            return Ok(());
+        }
+        let message = self
+            .logged_since(log_len)
+            .unwrap_or_else(|| format!("exited with status {}", exit.code));
+        Err(Error::Runtime {
+            runtime: self.name(),
+            action: what.to_owned(),
+            message,
+        })
+    }
+
+    /// The last error the runtime logged after the log was `from` bytes long.
+    fn logged_since(&self, from: u64) -> Option<String> {
+        let mut f = File::open(&self.log).ok()?;
+        f.seek(SeekFrom::Start(from)).ok()?;
+        let mut text = String::new();
+        f.read_to_string(&mut text).ok()?;
+        berth_container::last_error_in_log(&text)
+    }
+
+    /// Creates the container; its init waits for `start`. Returns the init's pid.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        console_socket: Option<&Path>,
+        stdio: InvocationStdio,
+    ) -> Result<i32, Error> {
+        let pid_file = bundle.join("init.pid");
+        let mut cmd = self.command();
+        cmd.arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file);
+        if let Some(socket) = console_socket {
+            cmd.arg("--console-socket").arg(socket);
+        }
+        cmd.arg(id).current_dir(bundle);
+        self.run(cmd, stdio, "create").await?;
+        read_pid(&pid_file)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), Error> {
+        let mut cmd = self.command();
+        cmd.arg("start").arg(id);
+        self.run(cmd, InvocationStdio::default(), "start").await
+    }
+
+    /// Starts a process in the container from its OCI process JSON. Returns its pid.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        bundle: &Path,
+        process_json: &[u8],
+        console_socket: Option<&Path>,
+        stdio: InvocationStdio,
+    ) -> Result<i32, Error> {
+        let process = bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+        std::fs::write(&process, process_json).map_err(|e| Error::io("write", &process, e))?;
+        let mut cmd = self.command();
+        cmd.arg("exec")
+            .arg("--process")
+            .arg(&process)
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(&pid_file);
+        if let Some(socket) = console_socket {
+            cmd.arg("--console-socket").arg(socket);
+        }
+        cmd.arg(id);
+        let result = self.run(cmd, stdio, "exec").await;
+        let _ = std::fs::remove_file(&process);
+        result?;
+        let pid = read_pid(&pid_file);
+        let _ = std::fs::remove_file(&pid_file);
+        pid
+    }
+
+    pub async fn kill_all(&self, id: &str, signal: u32) -> Result<(), Error> {
+        let mut cmd = self.command();
+        cmd.arg("kill").arg("--all").arg(id).arg(signal.to_string());
+        self.run(cmd, InvocationStdio::default(), "kill").await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), Error> {
+        let mut cmd = self.command();
+        cmd.arg("pause").arg(id);
+        self.run(cmd, InvocationStdio::default(), "pause").await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        let mut cmd = self.command();
+        cmd.arg("resume").arg(id);
+        self.run(cmd, InvocationStdio::default(), "resume").await
+    }
+
+    /// Deletes the container's runtime state (and, forced, what still runs). A container
+    /// the runtime does not know is already deleted.
+    pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        let mut cmd = self.command();
+        cmd.arg("delete").arg("--force").arg(id);
+        match self.run(cmd, InvocationStdio::default(), "delete").await {
+            Err(Error::Runtime { message, .. })
+                if message.contains("does not exist") || message.contains("not found") =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::Runtime {
+            runtime: "runtime".into(),
+            action: "create".into(),
+            message: format!("pid file {} holds {:?}, not a pid", path.display(), text),
+        })
+}
+
+/// A runtime binary by path or by name on PATH.
+fn find_binary(name: &str) -> Result<PathBuf, Error> {
+    let candidate = Path::new(name);
+    if candidate.is_absolute() {
+        return if candidate.is_file() {
+            Ok(candidate.to_path_buf())
+        } else {
+            Err(Error::NotFound(format!("runtime binary {name} not found")))
+        };
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::NotFound(format!("runtime binary {name:?} not found in PATH")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(RuntimeOptions::load(dir.path()), RuntimeOptions::default());
+        let o = RuntimeOptions {
+            binary_name: "crun".into(),
+            root: "/run/x".into(),
+            systemd_cgroup: true,
+        };
+        o.save(dir.path()).unwrap();
+        assert_eq!(RuntimeOptions::load(dir.path()), o);
+    }
+
+    #[test]
+    fn runtime_state_goes_in_the_bundle_unless_a_root_is_given() {
+        let reaper = Reaper::new();
+        let r = Runtime::new(
+            Path::new("/b"),
+            "ns",
+            &RuntimeOptions::default(),
+            reaper.clone(),
+        )
+        .unwrap();
+        assert_eq!(r.root, Path::new("/b/runtime-state"));
+        assert!(r.own);
+        let r = Runtime::new(
+            Path::new("/b"),
+            "ns",
+            &RuntimeOptions {
+                binary_name: "sh".into(),
+                root: "/run/r".into(),
+                systemd_cgroup: false,
+            },
+            reaper.clone(),
+        )
+        .unwrap();
+        assert_eq!(r.root, Path::new("/run/r/ns"));
+        assert!(!r.own);
+        let e = Runtime::new(
+            Path::new("/b"),
+            "ns",
+            &RuntimeOptions {
+                binary_name: "no-such-runtime-binary".into(),
+                ..Default::default()
+            },
+            reaper,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no-such-runtime-binary"), "{e}");
+    }
+}
