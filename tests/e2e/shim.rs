@@ -280,27 +280,33 @@ fn berth_shim_survives_a_berthd_crash_as_root() {
 }
 
 /// Capabilities, no_new_privs, seccomp and the mount table a container sees.
-fn security_view(d: &Berthd, ns: &str, img: &str, runtime: &str, id: &str) -> String {
-    let out = d.ctr_ok(
-        ns,
-        &[
-            "run",
-            "--runtime",
-            runtime,
-            "--rm",
-            img,
-            id,
-            "sh",
-            "-c",
-            "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
-             awk '{print $5, $6, $9, $11}' /proc/self/mountinfo | sed 's/,relatime//' | sort",
-        ],
-    );
+fn security_view(
+    d: &Berthd,
+    ns: &str,
+    img: &str,
+    runtime: &str,
+    id: &str,
+    seccomp: bool,
+) -> String {
+    let mut args = vec!["run", "--runtime", runtime, "--rm"];
+    if seccomp {
+        args.push("--seccomp");
+    }
+    args.extend_from_slice(&[
+        img,
+        id,
+        "sh",
+        "-c",
+        "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
+         sed -E 's/^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ ([^ ]+) ([^ ]+) .*- ([^ ]+) .*$/\\1 \\2 \\3/' \
+         /proc/self/mountinfo | sed 's/,relatime//' | sort",
+    ]);
+    let out = d.ctr_ok(ns, &args);
     out.lines()
         .map(|l| {
             // Sources and per-container options differ (overlay dirs, ids), not the shape.
             let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() == 4 {
+            if f.len() == 3 {
                 let opts: Vec<&str> = f[1]
                     .split(',')
                     .filter(|o| ["ro", "rw", "nosuid", "nodev", "noexec"].contains(o))
@@ -319,14 +325,27 @@ fn berth_shim_security_defaults_match_runc_as_root() {
     let reg = Registry::start();
     let ns = "shim-sec";
     let (d, img) = berthd_with_busybox(&reg, ns);
-    let runc = security_view(&d, ns, &img, RUNC, "ss-runc");
-    let berth = security_view(&d, ns, &img, BERTH, "ss-berth");
-    assert!(
-        runc.contains("NoNewPrivs:\t1") || runc.contains("NoNewPrivs:"),
-        "{runc}"
-    );
-    assert!(runc.contains("CapBnd"), "{runc}");
-    assert_eq!(berth, runc, "berth shim vs runc:\n{berth}\n---\n{runc}");
+    for seccomp in [false, true] {
+        let runc = security_view(&d, ns, &img, RUNC, "ss-runc", seccomp);
+        let berth = security_view(&d, ns, &img, BERTH, "ss-berth", seccomp);
+        assert!(runc.contains("NoNewPrivs:\t1"), "{runc}");
+        assert!(runc.contains("CapBnd:\t00000000a80425fb"), "{runc}");
+        let filtered = if seccomp {
+            "Seccomp:\t2"
+        } else {
+            "Seccomp:\t0"
+        };
+        assert!(runc.contains(filtered), "{runc}");
+        assert!(
+            runc.contains("/proc/keys rw,nosuid tmpfs"),
+            "masked paths: {runc}"
+        );
+        assert!(
+            runc.contains("/proc/sys ro,nosuid,nodev,noexec proc"),
+            "{runc}"
+        );
+        assert_eq!(berth, runc, "berth shim vs runc:\n{berth}\n---\n{runc}");
+    }
 }
 
 #[test]
@@ -564,4 +583,58 @@ fn berth_shim_serves_debian_containerd_as_root() {
     wait_until("the shims to exit", || {
         berth_shim_pids(&c.socket).is_empty()
     });
+}
+
+#[test]
+fn berth_shim_serves_a_pod_from_one_process_as_root() {
+    let reg = Registry::start();
+    let ns = "shim-pod";
+    let (d, img) = berthd_with_busybox(&reg, ns);
+    let ids = ["sp-1", "sp-2", "sp-3", "sp-4", "sp-5"];
+    for id in ids {
+        let mut run = vec![
+            "run",
+            "-d",
+            "--runtime",
+            BERTH,
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=pod-a",
+            &img,
+            id,
+        ];
+        run.extend_from_slice(TERMINABLE);
+        d.ctr_ok(ns, &run);
+    }
+    let listing = d.ctr_ok(ns, &["task", "ls"]);
+    for id in ids {
+        assert_eq!(
+            status_in(&listing, id).as_deref(),
+            Some("RUNNING"),
+            "{listing}"
+        );
+    }
+    let shims = berth_shim_pids(&d.socket);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    // Exec and metrics reach each container through the shared shim.
+    let out = d.ctr_ok(
+        ns,
+        &["task", "exec", "--exec-id", "x", "sp-3", "echo", "three"],
+    );
+    assert_eq!(out.trim(), "three");
+    // The shim stays while any of the pod's containers is left, and goes with the last.
+    for (i, id) in ids.iter().enumerate() {
+        d.ctr_ok(ns, &["task", "kill", id]);
+        wait_until("the task to stop", || {
+            status_in(&d.ctr_ok(ns, &["task", "ls"]), id).as_deref() == Some("STOPPED")
+        });
+        d.ctr_ok(ns, &["task", "delete", id]);
+        d.ctr_ok(ns, &["container", "rm", id]);
+        if i + 1 < ids.len() {
+            assert_eq!(berth_shim_pids(&d.socket), shims);
+        }
+    }
+    wait_until("the pod's shim to exit", || {
+        berth_shim_pids(&d.socket).is_empty()
+    });
+    assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
 }

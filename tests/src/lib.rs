@@ -238,6 +238,24 @@ pub(crate) fn live_leave() {
     }
 }
 
+/// With `BERTH_E2E_SHIM=berth`, every berthd a test starts runs containers asked for with
+/// runc's runtime name (`io.containerd.runc.v2`, what `ctr` and dockerd send) through
+/// berth's own shim instead, so that whole suites run against it unchanged.
+fn with_shim_under_test(config: &str) -> String {
+    if std::env::var("BERTH_E2E_SHIM").as_deref() != Ok("berth") {
+        return config.to_owned();
+    }
+    assert!(
+        !config.contains("[runtimes]"),
+        "a test's own [runtimes] table and BERTH_E2E_SHIM do not mix"
+    );
+    let shim = berthd_binary().with_file_name("containerd-shim-berth-v2");
+    format!(
+        "{config}\n[runtimes]\n\"io.containerd.runc.v2\" = {:?}\n",
+        shim.display().to_string()
+    )
+}
+
 /// A berthd on temporary root/state directories.
 pub struct Berthd {
     child: Option<Child>,
@@ -262,6 +280,7 @@ impl Berthd {
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = dir.path().join("berth.sock");
+        let config = with_shim_under_test(config);
         let config = (!config.is_empty()).then(|| {
             let p = dir.path().join("berthd.toml");
             std::fs::write(&p, config).unwrap();

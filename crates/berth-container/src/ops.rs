@@ -28,6 +28,7 @@ pub fn run(invocation: &Invocation) -> Result<()> {
                 .map_err(|e| format!("create runtime root {}: {e}", root.display()))?;
             let bundle = std::path::absolute(bundle)
                 .map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
+            drop_false_no_new_privileges(&bundle.join("config.json"), &["process"])?;
             ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .validate_id()
                 .map_err(|e| format!("container id {id:?}: {e}"))?
@@ -55,6 +56,7 @@ pub fn run(invocation: &Invocation) -> Result<()> {
             console_socket,
         } => {
             load(root, id)?;
+            drop_false_no_new_privileges(process, &[])?;
             ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root.clone())
                 .map_err(|e| format!("runtime root {}: {e}", root.display()))?
@@ -92,6 +94,34 @@ pub fn run(invocation: &Invocation) -> Result<()> {
                 .map_err(|e| format!("delete container {id:?}: {e}"))
         }
     }
+}
+
+/// libcontainer 0.7 loads a seccomp filter early, while the process may still raise it
+/// without no_new_privs, only when `noNewPrivileges` is absent; written out as `false` (as
+/// the kubelet's containers have it) it loads the filter after dropping CAP_SYS_ADMIN, which
+/// the kernel refuses. `false` and absent mean the same, so an explicit `false` is removed
+/// from the JSON object at `path` (the process under `pointer`) before libcontainer reads it.
+fn drop_false_no_new_privileges(file: &Path, pointer: &[&str]) -> Result<()> {
+    let text = std::fs::read(file).map_err(|e| format!("read {}: {e}", file.display()))?;
+    let mut doc: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    let mut process = &mut doc;
+    for key in pointer {
+        match process.get_mut(*key) {
+            Some(inner) => process = inner,
+            None => return Ok(()),
+        }
+    }
+    let Some(object) = process.as_object_mut() else {
+        return Ok(());
+    };
+    if object.get("noNewPrivileges") != Some(&serde_json::Value::Bool(false)) {
+        return Ok(());
+    }
+    object.remove("noNewPrivileges");
+    let tmp = file.with_extension("json.berth-tmp");
+    std::fs::write(&tmp, doc.to_string()).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, file).map_err(|e| format!("replace {}: {e}", file.display()))
 }
 
 fn container_dir(root: &Path, id: &str) -> PathBuf {
@@ -135,6 +165,31 @@ mod tests {
         assert_eq!(name("sigterm"), "Signal(SIGTERM)");
         assert!(parse_signal("NOPE").unwrap_err().contains("NOPE"));
         assert!(parse_signal("4096").is_err());
+    }
+
+    #[test]
+    fn an_explicit_false_no_new_privileges_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("berth-nnp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"process":{"noNewPrivileges":false,"args":["sh"]}}"#,
+        )
+        .unwrap();
+        drop_false_no_new_privileges(&config, &["process"]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({"process": {"args": ["sh"]}}));
+        let process = dir.join("process.json");
+        std::fs::write(&process, r#"{"noNewPrivileges":true,"args":["sh"]}"#).unwrap();
+        drop_false_no_new_privileges(&process, &[]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&process).unwrap()).unwrap();
+        assert_eq!(v["noNewPrivileges"], true);
+        std::fs::write(&process, "not json").unwrap();
+        assert!(drop_false_no_new_privileges(&process, &[]).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -25,8 +25,9 @@ use crate::status::{any_in, any_out, blocking, namespace, runtime_status, timest
 use crate::types::v1::{Process, ProcessInfo};
 use crate::types::Metric;
 
-/// The runtime containerd uses when a container names none.
-pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
+/// The runtime a container that names none runs with: berth's own shim (containerd's is
+/// `io.containerd.runc.v2`, which stays selectable by name).
+pub const DEFAULT_RUNTIME: &str = "io.containerd.berth.v2";
 
 pub struct TasksService {
     pub containers: Arc<Containers>,

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use containerd_shim::{publisher::RemotePublisher, Flags};
+use containerd_shim::Flags;
 use containerd_shim_protos::{
     api::DeleteResponse,
     protobuf::{Message, MessageField},
@@ -254,19 +254,12 @@ async fn serve_tasks(flags: &Flags) -> Result<(), Error> {
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
         Error::InvalidArgument("TTRPC_ADDRESS is not set: no address to publish events to".into())
     })?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
-        .await
-        .map_err(|e| Error::Other(format!("connect to {ttrpc_address} for events: {e}")))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let namespace = flags.namespace.clone();
-    tokio::spawn(async move {
-        while let Some((topic, event)) = rx.recv().await {
-            let ctx = ttrpc::context::with_timeout(5_000_000_000);
-            if let Err(e) = publisher.publish(ctx, topic, &namespace, event).await {
-                log::warn!("publish {topic}: {e}");
-            }
-        }
-    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(crate::events::forward(
+        ttrpc_address,
+        flags.namespace.clone(),
+        rx,
+    ));
 
     let service = TaskService::new(&flags.namespace, reaper, tx);
     let shared = service.shared();

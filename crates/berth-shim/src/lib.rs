@@ -10,6 +10,7 @@ mod bootstrap;
 mod cgroup;
 mod container;
 mod error;
+mod events;
 mod reaper;
 mod runtime;
 mod service;

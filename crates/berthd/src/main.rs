@@ -125,7 +125,7 @@ impl Default for CriSettings {
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             cni_conf_template: None,
             snapshotter: "overlayfs".into(),
-            runtime: "io.containerd.runc.v2".into(),
+            runtime: "io.containerd.berth.v2".into(),
             stream_server_address: "127.0.0.1".into(),
             stream_server_port: 0,
             stream_tls_cert_file: None,
