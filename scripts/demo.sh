@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on a fresh machine: install, build, start berthd with its
 # defaults, get an image built from /bin/busybox through a loopback registry (no
-# internet), list it and run a container from it with Debian's ctr.
+# internet), list it and run a container from it with Debian's ctr, through berth's own
+# shim and through Debian's runc shim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -32,4 +33,6 @@ ctr -a /run/berth/berth.sock version
 ctr -a /run/berth/berth.sock images pull --plain-http "127.0.0.1:$port/busybox:latest"
 ctr -a /run/berth/berth.sock images ls
 ctr -a /run/berth/berth.sock snapshots ls
-ctr -a /run/berth/berth.sock run --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r)"'
+# Through berth's own shim (containers made in-process), then Debian's runc shim.
+ctr -a /run/berth/berth.sock run --runtime io.containerd.berth.v2 --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r), made by berth shim"'
+ctr -a /run/berth/berth.sock run --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r), made by runc"'

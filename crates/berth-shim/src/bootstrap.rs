@@ -28,9 +28,10 @@ use containerd_shim_protos::{
 use crate::{
     container::timestamp,
     error::Error,
+    events::EventQueue,
     reaper::Reaper,
     runtime::{Runtime, RuntimeOptions},
-    service::{Event, TaskService},
+    service::TaskService,
 };
 
 pub const RUNTIME_NAME: &str = "io.containerd.berth.v2";
@@ -41,6 +42,8 @@ const GROUP_ANNOTATIONS: [&str; 2] = [
     "io.containerd.runc.v2.group",
     "io.kubernetes.cri.sandbox-id",
 ];
+/// How long an exiting shim waits for its last events to reach the daemon.
+const EVENTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `start` waits for a launched server to answer on its socket.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -254,14 +257,15 @@ async fn serve_tasks(flags: &Flags) -> Result<(), Error> {
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
         Error::InvalidArgument("TTRPC_ADDRESS is not set: no address to publish events to".into())
     })?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let (events, rx, pending) = EventQueue::new();
     tokio::spawn(crate::events::forward(
         ttrpc_address,
         flags.namespace.clone(),
         rx,
+        pending,
     ));
 
-    let service = TaskService::new(&flags.namespace, reaper, tx);
+    let service = TaskService::new(&flags.namespace, reaper, events.clone());
     let shared = service.shared();
     let v3 = create_task(Arc::new(service.clone()));
     let v2: HashMap<_, _> = create_task(Arc::new(service))
@@ -281,6 +285,7 @@ async fn serve_tasks(flags: &Flags) -> Result<(), Error> {
     log::info!("serving {RUNTIME_NAME} tasks on {path}");
 
     shared.exit.notified().await;
+    events.flushed(EVENTS_FLUSH_TIMEOUT).await;
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(&path);
     Ok(())

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use containerd_shim_protos::protobuf::{well_known_types::any::Any, MessageDyn};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::Error;
@@ -40,19 +40,15 @@ impl ContainerCgroup {
 
     /// Metrics as containerd's `io.containerd.cgroups.v1.Metrics` or `.v2.Metrics`.
     pub fn metrics(&self) -> Result<Any, Error> {
-        let message: Box<dyn MessageDyn> = if self.cgroup.v2() {
-            Box::new(
-                containerd_shim::cgroup::collect_metrics_v2(&self.cgroup)
-                    .map_err(|e| Error::Other(format!("cgroup metrics: {e}")))?,
-            )
+        if self.cgroup.v2() {
+            let metrics = containerd_shim::cgroup::collect_metrics_v2(&self.cgroup)
+                .map_err(|e| Error::Other(format!("cgroup metrics: {e}")))?;
+            Ok(crate::events::any("io.containerd.cgroups.v2", &metrics))
         } else {
-            Box::new(
-                containerd_shim::cgroup::collect_metrics(&self.cgroup)
-                    .map_err(|e| Error::Other(format!("cgroup metrics: {e}")))?,
-            )
-        };
-        containerd_shim::util::convert_to_any(message)
-            .map_err(|e| Error::Other(format!("encode metrics: {e}")))
+            let metrics = containerd_shim::cgroup::collect_metrics(&self.cgroup)
+                .map_err(|e| Error::Other(format!("cgroup metrics: {e}")))?;
+            Ok(crate::events::any("io.containerd.cgroups.v1", &metrics))
+        }
     }
 
     /// Applies an OCI `LinuxResources` (JSON, as UpdateTask carries it).

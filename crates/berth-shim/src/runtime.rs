@@ -139,6 +139,7 @@ impl Runtime {
 
     /// Runs one invocation to its end; a failure carries what the runtime logged.
     async fn run(&self, mut cmd: Command, stdio: InvocationStdio, what: &str) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let log_len = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
         cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
             .stdout(stdio.stdout.map(Stdio::from).unwrap_or_else(Stdio::null))
@@ -155,6 +156,7 @@ impl Runtime {
             action: what.to_owned(),
             message: "its exit was never seen".into(),
         })?;
+        log::debug!("{} {what}: {:?}", self.name(), started.elapsed());
         if exit.code == 0 {
             return Ok(());
         }

@@ -12,29 +12,27 @@ use containerd_shim_protos::{
         TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
         TaskPaused, TaskResumed, TaskStart,
     },
-    protobuf::{Message, MessageDyn, MessageField},
+    protobuf::{Message, MessageField},
     shim::oci::Options,
     shim_async::Task,
     ttrpc::{self, r#async::TtrpcContext},
 };
-use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::sync::{Mutex, Notify};
 
 use crate::{
     cgroup::{self, ContainerCgroup},
     container::{has_own_pid_ns, timestamp, Container, Process, ProcessState},
     error::Error,
+    events::EventQueue,
     reaper::{Exit, Reaper},
     runtime::{Runtime, RuntimeOptions},
     stdio::ProcessIo,
 };
 
-/// An event for containerd, with its topic.
-pub type Event = (&'static str, Box<dyn MessageDyn>);
-
 pub struct Shared {
     pub namespace: String,
     pub reaper: Arc<Reaper>,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub events: EventQueue,
     containers: Mutex<HashMap<String, Container>>,
     /// Signalled when the shim may exit: shutdown with no containers left.
     pub exit: Notify,
@@ -48,7 +46,7 @@ pub struct TaskService {
 type TResult<T> = ttrpc::Result<T>;
 
 impl TaskService {
-    pub fn new(namespace: &str, reaper: Arc<Reaper>, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub fn new(namespace: &str, reaper: Arc<Reaper>, events: EventQueue) -> Self {
         TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_owned(),
@@ -64,8 +62,8 @@ impl TaskService {
         self.shared.clone()
     }
 
-    fn publish(&self, topic: &'static str, event: impl MessageDyn) {
-        let _ = self.shared.events.send((topic, Box::new(event)));
+    fn publish<M: Message>(&self, topic: &'static str, event: M) {
+        self.shared.events.publish(topic, &event);
     }
 
     /// Watches `pid` (already registered with the reaper) and records its exit.
@@ -284,13 +282,13 @@ impl TaskService {
                 let events = self.shared.events.clone();
                 let cid = id.to_owned();
                 c.oom_watch = Some(tokio::spawn(cgroup::watch_oom(dir, v2, move || {
-                    let _ = events.send((
+                    events.publish(
                         "/tasks/oom",
-                        Box::new(TaskOOM {
+                        &TaskOOM {
                             container_id: cid.clone(),
                             ..Default::default()
-                        }),
-                    ));
+                        },
+                    );
                 })));
             }
             drop(containers);
@@ -476,6 +474,16 @@ impl TaskService {
     }
 }
 
+/// Gives the heap's free pages back to the kernel. A shim lives as long as its container and
+/// is idle nearly all that time, so what a create or delete briefly needed should not stay
+/// resident in every shim.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap bookkeeping; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn delete_response(p: &Process) -> api::DeleteResponse {
     let exit = p.exit();
     api::DeleteResponse {
@@ -603,7 +611,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TResult<api::CreateTaskResponse> {
-        let pid = self.create_container(&req).await?;
+        let pid = self.create_container(&req).await;
+        release_free_memory();
+        let pid = pid?;
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
             ..Default::default()
@@ -627,9 +637,10 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TResult<api::DeleteResponse> {
-        Ok(self.delete_process(&req.id, &req.exec_id).await?)
+        let deleted = self.delete_process(&req.id, &req.exec_id).await;
+        release_free_memory();
+        Ok(deleted?)
     }
-
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TResult<api::PidsResponse> {
         Ok(self
             .with_container(&req.id, |c| {
@@ -655,11 +666,10 @@ impl Task for TaskService {
                                 exec_id: exec_id.clone(),
                                 ..Default::default()
                             };
-                            if let Ok(any) =
-                                containerd_shim::util::convert_to_any(Box::new(details))
-                            {
-                                info.info = MessageField::some(any);
-                            }
+                            info.info = MessageField::some(crate::events::any(
+                                "containerd.runc.v1",
+                                &details,
+                            ));
                         }
                         info
                     })
