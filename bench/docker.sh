@@ -22,10 +22,7 @@ trap cleanup EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=4g tmpfs "$work"
 
 # A busybox image as a `docker save` archive (no registry, no internet).
-mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox"
-for a in sh true sleep; do ln -s busybox "$work/rootfs/bin/$a"; done
-umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
-umoci insert --image "$work/oci:latest" "$work/rootfs" / >/dev/null
+busybox_layout sh true sleep
 skopeo copy --quiet "oci:$work/oci:latest" "docker-archive:$work/bb.tar:bench/busybox:latest"
 
 dock() { docker -H "unix://$work/docker.sock" "$@"; }

@@ -147,6 +147,16 @@ push_small_images() {
 }
 
 # RSS of a process in KiB, and its breakdown from smaps_rollup.
+# A busybox image as an OCI layout at $work/oci:latest, with the applets named in $@ linked
+# (no registry, no internet).
+busybox_layout() {
+  local a
+  mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox"
+  for a in "$@"; do ln -s busybox "$work/rootfs/bin/$a"; done
+  umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
+  umoci insert --image "$work/oci:latest" "$work/rootfs" / >/dev/null
+}
+
 rss_detail() { awk '/^(Rss|Anonymous|Private_Clean|Shared_Clean):/ {printf "%s%s ", $1, $2}' "/proc/$1/smaps_rollup"; }
 
 # CRI on both daemons, for bench/cri.sh and bench/streaming.sh: a busybox image ($image)
@@ -154,10 +164,7 @@ rss_detail() { awk '/^(Rss|Anonymous|Private_Clean|Shared_Clean):/ {printf "%s%s
 # CNI network (bridge bbench0, 10.222.0.0/24) that both daemons use, and their configs.
 cri_setup() {
   # The sleeper's image, and containerd's sandbox ("pause") image: busybox sleeping.
-  mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox"
-  for a in sh sleep true cat head nc; do ln -s busybox "$work/rootfs/bin/$a"; done
-  umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
-  umoci insert --image "$work/oci:latest" "$work/rootfs" / >/dev/null
+  busybox_layout sh sleep true cat head nc
   umoci config --image "$work/oci:latest" --tag pause --config.entrypoint /bin/sleep --config.cmd 2147483647 >/dev/null
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:pause" "docker://$reg/bench/pause:latest"
   image=$(push_layout bench/busybox:latest)

@@ -18,10 +18,7 @@ mkdir -p "$work" && mount -t tmpfs -o size=8g tmpfs "$work"
 start_registry 5196
 three=$(push_three_layer_image)
 mapfile -t small < <(push_small_images 100)
-mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/busybox"
-for a in sh true; do ln -s busybox "$work/rootfs/bin/$a"; done
-umoci init --layout "$work/oci" >/dev/null && umoci new --image "$work/oci:latest" >/dev/null
-umoci insert --image "$work/oci:latest" "$work/rootfs" / >/dev/null
+busybox_layout sh true
 skopeo copy --quiet "oci:$work/oci:latest" "oci-archive:$work/bb.tar:bench/busybox:latest"
 
 settle() { sleep 8; } # past berthd's trim and blocking-thread keep-alive

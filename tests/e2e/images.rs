@@ -3,14 +3,6 @@
 
 use berth_e2e::*;
 
-fn out_of(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn root_pull_list_check_and_remove_busybox() {
     let reg = Registry::start();

@@ -11,21 +11,6 @@ use berth_e2e::*;
 const BERTH: &str = "io.containerd.berth.v2";
 const RUNC: &str = "io.containerd.runc.v2";
 
-/// A container that stops cleanly on SIGTERM (pid 1 ignores signals it does not handle).
-const TERMINABLE: &[&str] = &[
-    "sh",
-    "-c",
-    "trap 'exit 0' TERM; while true; do sleep 1; done",
-];
-
-fn out_of(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The STATUS column of `ctr task ls` output for a task.
 fn status_in(listing: &str, id: &str) -> Option<String> {
     listing.lines().skip(1).find_map(|l| {
@@ -394,12 +379,23 @@ fn berth_shim_bad_input_leaves_nothing_as_root() {
     let pid = task_pid(&d.ctr_ok(ns, &["task", "ls"]), "sb-kill");
     let shims = berth_shim_pids(&d.socket);
     assert_eq!(shims.len(), 1);
+    let bundle = d
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join(ns)
+        .join("sb-kill");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = address.trim().trim_start_matches("unix://").to_owned();
+    assert!(Path::new(&socket).exists());
     // SAFETY: signalling the shim by pid.
     unsafe { libc::kill(shims[0], libc::SIGKILL) };
     wait_until("the task to be reported stopped", || {
         status_in(&d.ctr_ok(ns, &["task", "ls"]), "sb-kill").as_deref() != Some("RUNNING")
     });
     wait_until("the container process to be gone", || !alive(pid));
+    wait_until("the dead shim's socket to be removed", || {
+        !Path::new(&socket).exists()
+    });
     let _ = d.ctr(ns, &["task", "delete", "sb-kill"]);
     d.ctr_ok(ns, &["container", "rm", "sb-kill"]);
     assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());

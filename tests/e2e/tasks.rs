@@ -22,21 +22,6 @@ macro_rules! in_ns {
     };
 }
 
-/// A container that stops cleanly on SIGTERM (pid 1 ignores signals it does not handle).
-const TERMINABLE: &[&str] = &[
-    "sh",
-    "-c",
-    "trap 'exit 0' TERM; while true; do sleep 1; done",
-];
-
-fn out_of(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The STATUS column of `ctr task ls` for a task, if it is listed.
 fn status_of(d: &Berthd, ns: &str, id: &str) -> Option<String> {
     d.ctr_ok(ns, &["task", "ls"]).lines().skip(1).find_map(|l| {

@@ -173,28 +173,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     pub fn ctr(&self, ns: &str, args: &[&str]) -> std::process::Output {
-        crate::note_namespace(ns);
-        Command::new("timeout")
-            .args(["-s", "KILL", "120", "ctr"])
-            .arg("-a")
-            .arg(&self.socket)
-            .arg("-n")
-            .arg(ns)
-            .args(args)
-            .output()
-            .unwrap()
+        crate::ctr_on(&self.socket, ns, args)
     }
 
     pub fn ctr_ok(&self, ns: &str, args: &[&str]) -> String {
-        let out = self.ctr(ns, args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed: {}\n{}\n--- containerd log ---\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::ctr_ok_on(&self.socket, ns, args, || self.log())
     }
 }
 
@@ -207,6 +190,7 @@ impl Drop for Containerd {
         }
         // Shims (and their containers) a failed test left behind.
         crate::kill_berth_shims(&self.socket);
+        crate::remove_shim_sockets(&self.dir.path().join("state"));
         crate::unmount_below(self.dir.path());
         crate::live_leave();
     }

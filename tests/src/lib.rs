@@ -356,31 +356,12 @@ impl Berthd {
 
     /// Runs `ctr -a SOCKET -n NS ARGS...`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
-        require("ctr");
-        note_namespace(ns);
-        // Bounded: a daemon that hangs fails the test instead of stalling the suite.
-        Command::new("timeout")
-            .args(["-s", "KILL", "120", "ctr"])
-            .arg("-a")
-            .arg(&self.socket)
-            .arg("-n")
-            .arg(ns)
-            .args(args)
-            .output()
-            .unwrap()
+        ctr_on(&self.socket, ns, args)
     }
 
     /// Like `ctr`, but fails the test with ctr's output (and berthd's log) when ctr fails.
     pub fn ctr_ok(&self, ns: &str, args: &[&str]) -> String {
-        let out = self.ctr(ns, args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed: {}\n{}\n--- berthd log ---\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ctr_ok_on(&self.socket, ns, args, || self.log())
     }
 
     /// Kills whatever shims and containers this daemon's bundles still record, so that a
@@ -454,6 +435,22 @@ pub fn kill_berth_shims(socket: &Path) {
     }
 }
 
+/// Removes the sockets of shims a daemon with `state` had (each bundle's `address`), once
+/// those shims are killed: a killed shim cannot remove its own.
+pub fn remove_shim_sockets(state: &Path) {
+    let base = state.join("io.containerd.runtime.v2.task");
+    for ns in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            if let Ok(address) = std::fs::read_to_string(b.path().join("address")) {
+                let socket = address.trim().trim_start_matches("unix://").to_owned();
+                if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                    let _ = std::fs::remove_file(&socket);
+                }
+            }
+        }
+    }
+}
+
 /// Mount points at or below `base`, deepest first.
 pub fn mounts_below(base: &Path) -> Vec<String> {
     let base = base.to_string_lossy().into_owned();
@@ -479,6 +476,7 @@ impl Drop for Berthd {
     fn drop(&mut self) {
         self.kill();
         self.reap_tasks();
+        remove_shim_sockets(&self.state);
         unmount_below(self.dir.path());
         let tasks = self.state.join("io.containerd.runtime.v2.task");
         for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
@@ -622,6 +620,52 @@ impl Default for TestCa {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A container command that stops cleanly on SIGTERM (pid 1 ignores signals it does not
+/// handle).
+pub const TERMINABLE: &[&str] = &[
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; while true; do sleep 1; done",
+];
+
+/// A command's stdout and stderr together, for assertions on messages.
+pub fn out_of(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `ctr -a SOCKET -n NS ARGS...`, bounded in time so that a daemon that hangs fails the
+/// test instead of stalling the suite.
+pub fn ctr_on(socket: &Path, ns: &str, args: &[&str]) -> Output {
+    require("ctr");
+    note_namespace(ns);
+    Command::new("timeout")
+        .args(["-s", "KILL", "120", "ctr"])
+        .arg("-a")
+        .arg(socket)
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Like `ctr_on`, but fails the test with ctr's output and the daemon's `log` when ctr fails.
+pub fn ctr_ok_on(socket: &Path, ns: &str, args: &[&str], log: impl FnOnce() -> String) -> String {
+    let out = ctr_on(socket, ns, args);
+    assert!(
+        out.status.success(),
+        "ctr {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A berthd with a busybox image pulled from a registry on loopback; returns the reference.

@@ -635,6 +635,9 @@ mod tests {
         hold_create: Mutex<Option<Arc<Notify>>>,
         fail_create: AtomicBool,
         deaths: Mutex<HashMap<u32, watch::Sender<bool>>>,
+        /// Shims connected so far: each gets a pid of its own (7, 8, ...), as real ones do,
+        /// so that one shim's death is never taken for another's.
+        connected: std::sync::atomic::AtomicU32,
     }
 
     impl Fake {
@@ -652,7 +655,7 @@ mod tests {
         }
     }
 
-    struct FakeClient(Arc<Fake>, String);
+    struct FakeClient(Arc<Fake>, String, u32);
 
     #[async_trait::async_trait]
     impl TaskClient for FakeClient {
@@ -722,11 +725,11 @@ mod tests {
             Ok(None)
         }
         async fn connect_info(&self) -> Result<(u32, u32)> {
-            Ok((7, 4242))
+            Ok((self.2, 4242))
         }
         async fn shutdown(&self) -> Result<()> {
             self.0.record(format!("shutdown {}", self.1));
-            self.0.kill_shim(7);
+            self.0.kill_shim(self.2);
             Ok(())
         }
     }
@@ -738,7 +741,8 @@ mod tests {
             Ok(format!("unix:///fake/{}", b.key.id))
         }
         async fn connect(&self, _: &str, key: &TaskKey) -> Result<Arc<dyn TaskClient>> {
-            Ok(Arc::new(FakeClient(self.clone(), key.id.to_string())))
+            let pid = 7 + self.connected.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(FakeClient(self.clone(), key.id.to_string(), pid)))
         }
         async fn cleanup(&self, _: &Bootstrap, b: &Bundle) -> Result<Exit> {
             self.record(format!("cleanup {}", b.key.id));

@@ -314,6 +314,14 @@ async fn delete(flags: &Flags) -> Result<(), Error> {
     if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
         eprintln!("{RUNTIME_NAME}: unmount {}: {e}", rootfs.display());
     }
+    // A shim that was killed leaves its socket behind; one that still answers serves other
+    // containers of the same pod and keeps it.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = socket_path(address.trim());
+        if Path::new(path).exists() && !answers(path) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     let pid = std::fs::read_to_string(bundle.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
