@@ -372,6 +372,46 @@ fn berth_shim_bad_input_leaves_nothing_as_root() {
         "cgroup left behind"
     );
 
+    // A spec asking for a cgroup controller this host does not have (hugetlb is not mounted
+    // here; where it is, the page size is not one): the error names it, nothing is left.
+    let rootfs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(rootfs.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.path().join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.path().join("bin/sh")).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&d.ctr_ok(ns, &["oci", "spec"])).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs.path(), "readonly": true});
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", "echo ran"]);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{ns}/sb-hugetlb"));
+    spec["linux"]["resources"]["hugepageLimits"] =
+        serde_json::json!([{"pageSize": "3MB", "limit": 1048576}]);
+    let spec_file = rootfs.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = d.ctr(
+        ns,
+        &[
+            "run",
+            "--runtime",
+            BERTH,
+            "--rm",
+            "--config",
+            spec_file.to_str().unwrap(),
+            "sb-hugetlb",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(out_of(&out).contains("hugetlb"), "{}", out_of(&out));
+    let _ = d.ctr(ns, &["container", "rm", "sb-hugetlb"]);
+    wait_until("the shim to exit", || berth_shim_pids(&d.socket).is_empty());
+    for controller in ["memory", "pids", "cpu", "devices", "freezer"] {
+        let leaf = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(ns)
+            .join("sb-hugetlb");
+        assert!(!leaf.exists(), "{} left behind", leaf.display());
+    }
+    assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
+
     // The shim killed: the task is reported stopped and its container is gone.
     let mut run = vec!["run", "-d", "--runtime", BERTH, &img, "sb-kill"];
     run.extend_from_slice(TERMINABLE);

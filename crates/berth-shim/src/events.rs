@@ -18,7 +18,10 @@ use containerd_shim_protos::{
     shim::{event::Envelope, events::ForwardRequest},
     shim_async::{Client, EventsClient},
 };
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{
+    mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
+    Notify,
+};
 
 /// One event: its topic and its payload.
 pub struct Event {
@@ -35,17 +38,37 @@ pub fn any<M: Message>(package: &str, message: &M) -> Any {
     }
 }
 
+/// How many events are queued and not yet delivered (or dropped), and a wake-up for when
+/// that reaches zero.
+#[derive(Default)]
+pub struct Pending {
+    count: AtomicUsize,
+    drained: Notify,
+}
+
+impl Pending {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
 /// The sending side: cheap to clone, and it knows how many events are not delivered yet.
 #[derive(Clone)]
 pub struct EventQueue {
     tx: UnboundedSender<Event>,
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Pending>,
 }
 
 impl EventQueue {
-    pub fn new() -> (Self, UnboundedReceiver<Event>, Arc<AtomicUsize>) {
+    pub fn new() -> (Self, UnboundedReceiver<Event>, Arc<Pending>) {
         let (tx, rx) = unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
+        let pending = Arc::new(Pending::default());
         (
             EventQueue {
                 tx,
@@ -58,7 +81,7 @@ impl EventQueue {
 
     /// Queues a `containerd.events` task event.
     pub fn publish<M: Message>(&self, topic: &'static str, event: &M) {
-        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.pending.add();
         if self
             .tx
             .send(Event {
@@ -67,17 +90,25 @@ impl EventQueue {
             })
             .is_err()
         {
-            self.pending.fetch_sub(1, Ordering::SeqCst);
+            self.pending.done();
         }
     }
 
     /// Waits (at most `limit`) until every queued event is delivered or dropped: a shim that
     /// exits must not take its last events (the task's delete) with it.
     pub async fn flushed(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let drained = async {
+            loop {
+                let notified = self.pending.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.pending.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, drained).await;
     }
 }
 
@@ -109,7 +140,7 @@ pub async fn forward(
     address: String,
     namespace: String,
     mut rx: UnboundedReceiver<Event>,
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Pending>,
 ) {
     let address = client_address(&address);
     let mut client: Option<EventsClient> = None;
@@ -138,7 +169,7 @@ pub async fn forward(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
         }
-        pending.fetch_sub(1, Ordering::SeqCst);
+        pending.done();
     }
 }
 
@@ -153,6 +184,32 @@ mod tests {
             "unix:///run/containerd/containerd.sock.ttrpc"
         );
         assert_eq!(client_address("unix:///x"), "unix:///x");
+    }
+
+    #[tokio::test]
+    async fn flushing_waits_for_delivery_and_no_longer() {
+        let (queue, mut rx, pending) = EventQueue::new();
+        queue.flushed(Duration::from_secs(5)).await; // nothing queued: at once
+        let exit = containerd_shim_protos::events::task::TaskExit::default();
+        queue.publish("/tasks/exit", &exit);
+        queue.publish("/tasks/delete", &exit);
+        let t = tokio::time::Instant::now();
+        let deliver = tokio::spawn(async move {
+            for _ in 0..2 {
+                rx.recv().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                pending.done();
+            }
+        });
+        queue.flushed(Duration::from_secs(5)).await;
+        assert!(t.elapsed() >= Duration::from_millis(40));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        deliver.await.unwrap();
+        // An event that is never delivered holds a flush for the limit only.
+        queue.publish("/tasks/exit", &exit);
+        let t = tokio::time::Instant::now();
+        queue.flushed(Duration::from_millis(50)).await;
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
