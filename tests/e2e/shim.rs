@@ -674,3 +674,88 @@ fn berth_shim_serves_a_pod_from_one_process_as_root() {
     });
     assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
 }
+
+#[test]
+fn berth_shim_writes_file_and_binary_log_uris_as_root() {
+    let reg = Registry::start();
+    let ns = "shim-logs";
+    let (d, img) = berthd_with_busybox(&reg, ns);
+    let dir = tempfile::tempdir().unwrap();
+
+    // file://: stdout and stderr appended to one file, also when nobody is attached.
+    let log = dir.path().join("c.log");
+    let uri = format!("file://{}", log.display());
+    d.ctr_ok(
+        ns,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            BERTH,
+            "--log-uri",
+            &uri,
+            &img,
+            "sl-file",
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2",
+        ],
+    );
+    wait_until("the file log to be written", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("to-stdout") && text.contains("to-stderr")
+    });
+
+    // binary://: the logger gets stdout on fd 3, stderr on fd 4 and closes fd 5 when ready;
+    // its arguments come from the URI's query, the container's id from its environment.
+    let logger = dir.path().join("logger");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nout=$2\nexec 5>&-\n{ echo \"id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE\"; cat <&3; cat <&4; } > \"$out\"\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&logger)
+        .status()
+        .unwrap();
+    let out = dir.path().join("binary.log");
+    let uri = format!("binary://{}?out={}", logger.display(), out.display());
+    d.ctr_ok(
+        ns,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            BERTH,
+            "--log-uri",
+            &uri,
+            &img,
+            "sl-binary",
+            "sh",
+            "-c",
+            "echo via-logger; echo err-via-logger >&2",
+        ],
+    );
+    wait_until("the logger to write", || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.contains("err-via-logger")
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.starts_with(&format!("id=sl-binary ns={ns}\n")),
+        "{text}"
+    );
+    assert!(text.contains("via-logger\n"), "{text}");
+
+    for id in ["sl-file", "sl-binary"] {
+        wait_until("the task to stop", || {
+            status_in(&d.ctr_ok(ns, &["task", "ls"]), id).as_deref() == Some("STOPPED")
+        });
+        d.ctr_ok(ns, &["task", "delete", id]);
+        d.ctr_ok(ns, &["container", "rm", id]);
+    }
+    wait_until("the shims to exit", || {
+        berth_shim_pids(&d.socket).is_empty()
+    });
+}
