@@ -30,7 +30,7 @@ cri_setup
 memory() {
   local d s=0 p=0 shim kid
   d=$(pss "$one_pid")
-  for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $one_sock"); do
+  for shim in $(pgrep -f "containerd-shim-(runc|berth)-v2 .*-address $one_sock"); do
     s=$((s + $(pss "$shim")))
     for kid in $(pgrep -P "$shim"); do
       grep -q 2147483647 "/proc/$kid/cmdline" 2>/dev/null && p=$((p + $(pss "$kid")))
@@ -61,7 +61,7 @@ for r in $(seq "$rounds"); do
     left=$(ls "$work/ipam/berth-bench" 2>/dev/null | grep -c '^10\.' || true)
     echo "round $r $daemon: sequential median ${med} ms p99 ${p99} ms (${wall} s; $phases); 10 at a time median ${med2} ms p99 ${p992} ms (${wall2} s; $phases2); memory with $pods pods (KiB PSS daemon shims sandboxes): $m; teardown ${td} s / ${td2} s; addresses left: $left"
     stop_one
-    pkill -f "containerd-shim-runc-v2 .*-address $one_sock" 2>/dev/null || true
+    pkill -f "containerd-shim-(runc|berth)-v2 .*-address $one_sock" 2>/dev/null || true
   done
 done
 

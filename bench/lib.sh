@@ -207,7 +207,7 @@ CFG
 cri_cleanup() {
   set +e
   [[ -n ${one_pid:-} ]] && { "$client" teardown "$one_sock" >/dev/null 2>&1; }
-  pkill -f "containerd-shim-runc-v2 .*-address $work/" 2>/dev/null
+  pkill -f "containerd-shim-(runc|berth)-v2 .*-address $work/" 2>/dev/null
   mkdir -p "$work-logs" && cp "$work"/*.log "$work-logs/" 2>/dev/null
   cleanup_work
   ip link del bbench0 2>/dev/null

@@ -38,7 +38,7 @@ for r in $(seq "$rounds"); do
     echo "round $r $daemon: ExecSync median $(median $(sed -n 's/^execsync //p' <<<"$out")) ms, streamed exec median $(median $(sed -n 's/^exec //p' <<<"$out")) ms, port forward $fwd MB/s, per open exec stream $per KiB PSS (daemon $(( (d1 - d0) / n )), shims $(( (s1 - s0) / n )))"
     "$client" teardown "$one_sock" >/dev/null
     stop_one
-    pkill -f "containerd-shim-runc-v2 .*-address $one_sock" 2>/dev/null || true
+    pkill -f "containerd-shim-(runc|berth)-v2 .*-address $one_sock" 2>/dev/null || true
   done
 done
 
