@@ -474,6 +474,17 @@ impl TaskService {
     }
 }
 
+/// Runs a call's work on a task of its own. ttrpc drops a handler whose client went away
+/// or whose deadline passed; the work then still finishes, so a container is either not
+/// made (everything undone) or made and recorded, never half of it.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Other(format!("the call's work failed: {e}")))?
+}
+
 /// Gives the heap's free pages back to the kernel. A shim lives as long as its container and
 /// is idle nearly all that time, so what a create or delete briefly needed should not stay
 /// resident in every shim.
@@ -611,7 +622,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TResult<api::CreateTaskResponse> {
-        let pid = self.create_container(&req).await;
+        let this = self.clone();
+        let pid = to_the_end(async move { this.create_container(&req).await }).await;
         release_free_memory();
         let pid = pid?;
         Ok(api::CreateTaskResponse {
@@ -625,7 +637,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TResult<api::StartResponse> {
-        let pid = self.start_process(&req.id, &req.exec_id).await?;
+        let this = self.clone();
+        let pid =
+            to_the_end(async move { this.start_process(&req.id, &req.exec_id).await }).await?;
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -637,7 +651,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TResult<api::DeleteResponse> {
-        let deleted = self.delete_process(&req.id, &req.exec_id).await;
+        let this = self.clone();
+        let deleted =
+            to_the_end(async move { this.delete_process(&req.id, &req.exec_id).await }).await;
         release_free_memory();
         Ok(deleted?)
     }
@@ -917,6 +933,22 @@ impl Task for TaskService {
 mod tests {
     use super::*;
     use containerd_shim_protos::protobuf::well_known_types::any::Any;
+
+    #[tokio::test]
+    async fn a_call_dropped_midway_still_finishes_its_work() {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let call = to_the_end(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, Error>(())
+        });
+        // The client's deadline passes first: ttrpc drops the handler.
+        let r = tokio::time::timeout(std::time::Duration::from_millis(5), call).await;
+        assert!(r.is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn runtime_options_from_the_any() {
