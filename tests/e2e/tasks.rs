@@ -611,10 +611,20 @@ fn root_killed_shim_turns_task_stopped_and_releases_it() {
     run_detached(&d, ns, &img, "orphan-1", TERMINABLE);
     wait_status(&d, ns, "orphan-1", "RUNNING");
     let shim = shim_pid(&d, ns, "orphan-1");
+    let bundle = d
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join(ns)
+        .join("orphan-1");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = address.trim().trim_start_matches("unix://").to_owned();
+    assert!(Path::new(&socket).exists(), "{socket}");
     let task_pid = process(&d, ns, "orphan-1").pid;
     // SAFETY: killing the shim process this test's daemon started.
     unsafe { libc::kill(shim, libc::SIGKILL) };
     wait_status(&d, ns, "orphan-1", "STOPPED");
+    // A killed shim cannot remove its socket: its cleanup does.
+    assert!(!Path::new(&socket).exists(), "{socket} left behind");
     let exit = wait_exit(&d, ns, "orphan-1");
     // The shim's cleanup kills what is left of the container: 128 + SIGKILL.
     assert_eq!(exit, 137, "exit of a task whose shim died");

@@ -193,6 +193,25 @@ impl Bootstrap {
     }
 }
 
+/// Removes the socket a dead shim listened on (the bundle's `address`): a killed shim cannot
+/// remove it itself. A shim that still answers there (serving the rest of a pod) keeps it,
+/// and only a socket file is ever removed.
+async fn remove_dead_socket(bundle: &Bundle) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(address) = tokio::fs::read_to_string(bundle.path.join("address")).await else {
+        return;
+    };
+    let path = address.trim().trim_start_matches("unix://");
+    if path.is_empty() || tokio::net::UnixStream::connect(path).await.is_ok() {
+        return;
+    }
+    if let Ok(meta) = tokio::fs::symlink_metadata(path).await {
+        if meta.file_type().is_socket() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    }
+}
+
 pub fn any_to_wire(a: &AnyValue) -> PbAny {
     PbAny {
         type_url: a.type_url.clone(),
@@ -532,7 +551,9 @@ impl ShimLauncher for ProcessLauncher {
     }
 
     async fn cleanup(&self, bootstrap: &Bootstrap, bundle: &Bundle) -> Result<Exit> {
-        bootstrap.delete(bundle).await
+        let exit = bootstrap.delete(bundle).await;
+        remove_dead_socket(bundle).await;
+        exit
     }
 
     fn exited(&self, pid: u32) -> Option<BoxFuture<'static, ()>> {
