@@ -29,15 +29,9 @@ pub fn run(invocation: &Invocation) -> Result<()> {
             let bundle = std::path::absolute(bundle)
                 .map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
             drop_false_no_new_privileges(&bundle.join("config.json"), &["process"])?;
-            ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            builder(root, id, pid_file, console_socket)?
                 .validate_id()
                 .map_err(|e| format!("container id {id:?}: {e}"))?
-                .with_root_path(root.clone())
-                .map_err(|e| format!("runtime root {}: {e}", root.display()))?
-                .with_pid_file(pid_file.clone())
-                .map_err(|e| format!("pid file: {e}"))?
-                .with_console_socket(console_socket.clone())
-                .with_executor(DefaultExecutor {})
                 .as_init(&bundle)
                 .with_systemd(invocation.globals.systemd_cgroup)
                 .with_detach(true)
@@ -57,13 +51,7 @@ pub fn run(invocation: &Invocation) -> Result<()> {
         } => {
             load(root, id)?;
             drop_false_no_new_privileges(process, &[])?;
-            ContainerBuilder::new(id.clone(), SyscallType::Linux)
-                .with_root_path(root.clone())
-                .map_err(|e| format!("runtime root {}: {e}", root.display()))?
-                .with_pid_file(pid_file.clone())
-                .map_err(|e| format!("pid file: {e}"))?
-                .with_console_socket(console_socket.clone())
-                .with_executor(DefaultExecutor {})
+            builder(root, id, pid_file, console_socket)?
                 .as_tenant()
                 .with_detach(true)
                 .with_process(Some(process.clone()))
@@ -122,6 +110,23 @@ fn drop_false_no_new_privileges(file: &Path, pointer: &[&str]) -> Result<()> {
     let tmp = file.with_extension("json.berth-tmp");
     std::fs::write(&tmp, doc.to_string()).map_err(|e| format!("write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, file).map_err(|e| format!("replace {}: {e}", file.display()))
+}
+
+/// What creating a container and execing into one share: where the state is, where the pid
+/// goes, the console socket, and the executor.
+fn builder(
+    root: &Path,
+    id: &str,
+    pid_file: &Option<PathBuf>,
+    console_socket: &Option<PathBuf>,
+) -> Result<ContainerBuilder> {
+    Ok(ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(root.to_path_buf())
+        .map_err(|e| format!("runtime root {}: {e}", root.display()))?
+        .with_pid_file(pid_file.clone())
+        .map_err(|e| format!("pid file: {e}"))?
+        .with_console_socket(console_socket.clone())
+        .with_executor(DefaultExecutor {}))
 }
 
 fn container_dir(root: &Path, id: &str) -> PathBuf {

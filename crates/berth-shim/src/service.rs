@@ -337,13 +337,18 @@ impl TaskService {
         };
         let exit_rx = self.shared.reaper.register(pid);
         if let Some(console) = prepared.console {
-            match console.receive().await {
-                Ok(master) => {
-                    if let Err(e) = io.attach_console(master) {
-                        log::warn!("exec {exec_id:?}: {e}");
-                    }
+            let attached = match console.receive().await {
+                Ok(master) => io.attach_console(master),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = attached {
+                // As for an init: a process without the terminal it asked for is not left
+                // running unreachable.
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
-                Err(e) => log::warn!("exec {exec_id:?}: {e}"),
+                io.shutdown().await;
+                return Err(e);
             }
         }
         let process = c.process_mut(exec_id)?;

@@ -190,13 +190,7 @@ impl ProcessIo {
         }
         match Output::parse(&self.stdio.stdout)? {
             Output::None => {}
-            Output::Fifo(path) => {
-                let (r, w) = os_pipe()?;
-                self.tasks
-                    .copy_to_fifo(receiver(r)?, &path)
-                    .map_err(|e| Error::Other(format!("stdout {path}: {e}")))?;
-                invocation.stdout = Some(w);
-            }
+            Output::Fifo(path) => invocation.stdout = Some(self.fifo_output(&path, "stdout")?),
             Output::File(path) => {
                 let (out_r, out_w) = os_pipe()?;
                 let (err_r, err_w) = os_pipe()?;
@@ -220,13 +214,7 @@ impl ProcessIo {
         }
         match Output::parse(&self.stdio.stderr)? {
             Output::None => {}
-            Output::Fifo(path) => {
-                let (r, w) = os_pipe()?;
-                self.tasks
-                    .copy_to_fifo(receiver(r)?, &path)
-                    .map_err(|e| Error::Other(format!("stderr {path}: {e}")))?;
-                invocation.stderr = Some(w);
-            }
+            Output::Fifo(path) => invocation.stderr = Some(self.fifo_output(&path, "stderr")?),
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "stderr {other:?} must follow stdout's file or binary URI"
@@ -234,6 +222,16 @@ impl ProcessIo {
             }
         }
         Ok(invocation)
+    }
+
+    /// A pipe whose read end is copied to the fifo at `path`; returns the write end for the
+    /// process.
+    fn fifo_output(&self, path: &str, stream: &str) -> Result<OwnedFd, Error> {
+        let (r, w) = os_pipe()?;
+        self.tasks
+            .copy_to_fifo(receiver(r)?, path)
+            .map_err(|e| Error::Other(format!("{stream} {path}: {e}")))?;
+        Ok(w)
     }
 
     /// Takes the terminal's master the runtime sent and copies between it and the fifos.
