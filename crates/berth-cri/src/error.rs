@@ -1,5 +1,5 @@
 //! The error type of berth-cri: the layers below, plus what only Kubernetes' model raises
-//! (a CNI plugin's refusal); every message names the pod, container, image or plugin.
+//! (a CNI plugin's refusal, from berth-cni); every message names the pod, container, image or plugin.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,8 @@ pub enum Error {
     Runtime(#[from] berth_runtime::Error),
     #[error(transparent)]
     Registry(#[from] berth_registry::Error),
+    #[error(transparent)]
+    Network(#[from] berth_cni::Error),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -27,14 +29,6 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
-    /// A CNI plugin failed: its own code and message.
-    #[error("CNI plugin {plugin} {command} for network {network:?} failed: {message}")]
-    Cni {
-        plugin: String,
-        command: &'static str,
-        network: String,
-        message: String,
-    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -50,12 +44,17 @@ impl Error {
             Error::Core(e) => e.kind(),
             Error::Runtime(e) => e.kind(),
             Error::Registry(e) => e.kind(),
+            Error::Network(e) => match e {
+                berth_cni::Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                berth_cni::Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+                berth_cni::Error::Cni { .. } | berth_cni::Error::Io { .. } => ErrorKind::Internal,
+            },
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
-            Error::Cni { .. } | Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
+            Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 

@@ -5,7 +5,7 @@
 //! `containers`, `images`, `stats`; the CRI gRPC services in berth-services are thin
 //! adapters over these.
 
-pub mod cni;
+pub use berth_cni::cni;
 pub mod containers;
 pub mod context;
 pub mod error;
@@ -13,9 +13,8 @@ pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod monitor;
-pub mod netns;
+pub use berth_cni::netns;
 pub mod pods;
-pub mod seccomp;
 pub mod spec;
 pub mod stats;
 pub mod store;

@@ -518,7 +518,7 @@ fn make_sandbox(
             }
             Err(e) => {
                 undo(&s, false);
-                return Err(e);
+                return Err(e.into());
             }
         }
     }

@@ -15,120 +15,23 @@ use k8s_cri::v1::{
 use oci_spec::image::ImageConfiguration;
 use serde_json::{json, Value};
 
+use berth_spec::{caps, seccomp};
+
 use crate::error::{Error, Result};
 use crate::store::SandboxRecord;
 use crate::users::Identity;
 
-/// containerd's default capabilities.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// Every capability this kernel knows (for privileged containers and "ALL").
-pub fn all_caps() -> Vec<String> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(40);
-    const NAMES: &[&str] = &[
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ];
-    NAMES
-        .iter()
-        .take(last as usize + 1)
-        .map(|n| format!("CAP_{n}"))
-        .collect()
-}
-
-fn cap_name(c: &str) -> String {
-    let c = c.to_ascii_uppercase();
-    if c.starts_with("CAP_") {
-        c
-    } else {
-        format!("CAP_{c}")
-    }
-}
-
 /// The capabilities after the security context's add and drop (add first, "ALL" in
 /// either), or every capability for a privileged container.
 pub fn capabilities(sc: Option<&LinuxContainerSecurityContext>) -> Vec<String> {
-    let Some(sc) = sc else {
-        return DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
-    };
-    if sc.privileged {
-        return all_caps();
+    match sc {
+        Some(sc) if sc.privileged => caps::all(),
+        Some(sc) => match &sc.capabilities {
+            Some(c) => caps::with_changes(&c.add_capabilities, &c.drop_capabilities),
+            None => caps::with_changes(&[], &[]),
+        },
+        None => caps::with_changes(&[], &[]),
     }
-    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
-    if let Some(c) = &sc.capabilities {
-        for a in &c.add_capabilities {
-            if a.eq_ignore_ascii_case("ALL") {
-                caps = all_caps();
-            } else if !caps.contains(&cap_name(a)) {
-                caps.push(cap_name(a));
-            }
-        }
-        for d in &c.drop_capabilities {
-            if d.eq_ignore_ascii_case("ALL") {
-                caps.clear();
-            } else {
-                caps.retain(|x| *x != cap_name(d));
-            }
-        }
-    }
-    caps
 }
 
 /// The process arguments by Docker's rules: a command replaces the image's entrypoint and
@@ -222,9 +125,9 @@ fn seccomp(sc: Option<&LinuxContainerSecurityContext>, caps: &[String]) -> Resul
     }
     match profile {
         // Nothing asked: berth's default, as the brief requires of every container.
-        None => Ok(Some(crate::seccomp::default_profile(caps))),
+        None => Ok(Some(seccomp::default_profile(caps))),
         Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::RuntimeDefault) => Ok(Some(crate::seccomp::default_profile(caps))),
+            Ok(ProfileType::RuntimeDefault) => Ok(Some(seccomp::default_profile(caps))),
             Ok(ProfileType::Unconfined) => Ok(None),
             Ok(ProfileType::Localhost) => {
                 let path = Path::new(&p.localhost_ref);
@@ -370,14 +273,7 @@ pub fn container_spec(i: &Input<'_>) -> Result<(Vec<u8>, String)> {
     };
 
     // Mounts: the system's, the pod's files, then the kubelet's (which win).
-    let mut mounts: Vec<Value> = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
-    ];
+    let mut mounts: Vec<Value> = berth_spec::linux::system_mounts(privileged);
     match &i.sandbox.shm {
         Some(shm) => mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rprivate", "rw"]})),
         None => mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw"]})),

@@ -410,7 +410,7 @@ impl RuntimeService for CriRuntimeService {
         let written = tokio::task::spawn_blocking(move || cri_.ctx.cni.apply_pod_cidr(&given))
             .await
             .map_err(|e| Status::internal(format!("runtime config worker: {e}")))?
-            .map_err(crate::status::cri_status)?;
+            .map_err(|e| crate::status::cri_status(e.into()))?;
         match written {
             Some(file) => {
                 tracing::info!(pod_cidr = %cidr, file = %file.display(), "CNI configuration written for the node's pod CIDR")

@@ -504,11 +504,7 @@ mod tests {
         );
         for bad in ["", "10.244.1.0", "nonsense/24"] {
             let e = cni.apply_pod_cidr(bad).unwrap_err();
-            assert_eq!(
-                e.kind(),
-                berth_core::ErrorKind::InvalidArgument,
-                "{bad}: {e}"
-            );
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
         }
         // The earlier file stays when a new CIDR is refused.
         assert_eq!(cni.network().unwrap().name, "k8s");

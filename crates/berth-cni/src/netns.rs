@@ -156,10 +156,10 @@ pub fn remove(ns: &PodNamespaces) {
 
 /// Runs `f` on a thread inside the network namespace at `net` (to read or set what only
 /// exists there), then lets the thread go.
-pub fn in_netns<T: Send + 'static>(
+pub fn in_netns<T: Send + 'static, E: From<Error> + Send + 'static>(
     net: &Path,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
     let net = net.to_owned();
     std::thread::Builder::new()
         .name("berth-in-netns".into())
@@ -174,7 +174,7 @@ pub fn in_netns<T: Send + 'static>(
         })
         .map_err(|e| Error::FailedPrecondition(format!("spawn netns thread: {e}")))?
         .join()
-        .unwrap_or_else(|_| Err(Error::FailedPrecondition("netns thread panicked".into())))
+        .unwrap_or_else(|_| Err(Error::FailedPrecondition("netns thread panicked".into()).into()))
 }
 
 #[cfg(test)]
@@ -199,7 +199,7 @@ mod tests {
         let net = ns.net.clone().unwrap();
         assert!(is_open(&net) && is_open(ns.uts.as_ref().unwrap()));
         // Inside: only the loopback, and it is up.
-        let names = in_netns(&net, || {
+        let names = in_netns::<_, Error>(&net, || {
             let mut out = Vec::new();
             // SAFETY: if_nameindex returns a list terminated by a zero entry, freed below.
             unsafe {
