@@ -83,7 +83,12 @@ pub fn command_failure(message: &str) -> Option<i32> {
         "not found in $path",
         "executable not found",
     ];
-    let cannot_run = ["permission denied", "exec format error", "is a directory"];
+    let cannot_run = [
+        "permission denied",
+        "exec format error",
+        "is a directory",
+        "correct permission",
+    ];
     if !(m.contains("exec") || m.contains("executable") || m.contains("command")) {
         return None;
     }
@@ -111,6 +116,15 @@ mod tests {
             Some(126)
         );
         assert_eq!(command_failure("cgroup: no such file or directory"), None);
+        // youki's libcontainer words them so.
+        assert_eq!(
+            command_failure("executable 'nosuchcmd' not found in $PATH: executable for container process not found in PATH"),
+            Some(127)
+        );
+        assert_eq!(
+            command_failure("executable '/etc/passwd' at path '\"/etc/passwd\"' does not have correct permissions"),
+            Some(126)
+        );
         assert_eq!(Error::Exit(3).exit_code(), 3);
         assert_eq!(Error::NoSuchContainer("web".into()).exit_code(), 125);
         assert_eq!(

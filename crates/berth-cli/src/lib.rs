@@ -55,6 +55,10 @@ impl Context {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    // A bug is reported in one line, as any other error, never as a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("Error: internal error in berth: {info}");
+    }));
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

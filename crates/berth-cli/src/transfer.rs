@@ -214,8 +214,8 @@ fn registry_error(s: tonic::Status, reference: &Reference) -> Error {
     let msg = s.message().to_owned();
     let lower = msg.to_ascii_lowercase();
     match s.code() {
-        tonic::Code::NotFound => Error::NoSuchImage(format!(
-            "{}: manifest unknown or repository not found ({msg})",
+        tonic::Code::NotFound => Error::Daemon(format!(
+            "manifest for {} not found: manifest unknown",
             reference.familiar()
         )),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {

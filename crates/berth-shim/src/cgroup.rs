@@ -25,14 +25,23 @@ impl ContainerCgroup {
         Ok(ContainerCgroup { cgroup })
     }
 
-    /// Every process in the cgroup.
+    /// Every process in the cgroup. On cgroup v1 only the freezer's hierarchy is read: a
+    /// hierarchy the runtime did not place the container in (a named or the unified one
+    /// of a hybrid host) holds it at its root, with every process of the machine.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self
-            .cgroup
-            .procs()
-            .into_iter()
-            .map(|p| p.pid as u32)
-            .collect();
+        use cgroups_rs::fs::Controller as _;
+        let procs = if self.cgroup.v2() {
+            self.cgroup.procs()
+        } else {
+            match self
+                .cgroup
+                .controller_of::<cgroups_rs::fs::freezer::FreezerController>()
+            {
+                Some(f) => f.procs(),
+                None => self.cgroup.procs(),
+            }
+        };
+        let mut pids: Vec<u32> = procs.into_iter().map(|p| p.pid as u32).collect();
         pids.sort_unstable();
         pids.dedup();
         pids
@@ -45,9 +54,26 @@ impl ContainerCgroup {
                 .map_err(|e| Error::Other(format!("cgroup metrics: {e}")))?;
             Ok(crate::events::any("io.containerd.cgroups.v2", &metrics))
         } else {
-            let metrics = containerd_shim::cgroup::collect_metrics(&self.cgroup)
+            let mut metrics = containerd_shim::cgroup::collect_metrics(&self.cgroup)
                 .map_err(|e| Error::Other(format!("cgroup metrics: {e}")))?;
+            self.fill_v1(&mut metrics);
             Ok(crate::events::any("io.containerd.cgroups.v1", &metrics))
+        }
+    }
+
+    /// What the shim crate's v1 collection leaves out: CPU time, which v1 keeps in
+    /// `cpuacct.usage` (not `cpu.stat`), and the memory limit.
+    fn fill_v1(&self, metrics: &mut containerd_shim_protos::cgroups::metrics::Metrics) {
+        use cgroups_rs::fs::{cpuacct::CpuAcctController, memory::MemController};
+        if let Some(acct) = self.cgroup.controller_of::<CpuAcctController>() {
+            let usage = acct.cpuacct().usage;
+            metrics.mut_cpu().mut_usage().set_total(usage);
+        }
+        if let Some(mem) = self.cgroup.controller_of::<MemController>() {
+            let limit = mem.memory_stat().limit_in_bytes;
+            if limit > 0 {
+                metrics.mut_memory().mut_usage().set_limit(limit as u64);
+            }
         }
     }
 

@@ -113,8 +113,11 @@ pub struct ProcessIo {
     pub stdio: Stdio,
     tasks: IoTasks,
     pty: Option<Pty>,
-    /// Copies into a `file://` log.
+    /// Copies into a `file://` log or a `binary://` logger.
     files: Vec<JoinHandle<()>>,
+    /// Where a terminal's output goes when it is logged rather than sent to a fifo: the
+    /// write end of the pipe to the log file's copy or to the logger.
+    console_out: Option<OwnedFd>,
 }
 
 /// What a process's runtime invocation needs: its stdio, or the console socket the
@@ -151,9 +154,17 @@ impl ProcessIo {
             tasks: IoTasks::default(),
             pty: None,
             files: Vec::new(),
+            console_out: None,
         };
         if stdio.terminal {
             let console = ConsoleSocket::new()?;
+            if let Err(e) = io
+                .prepare_console_output(namespace, container_id, reaper)
+                .await
+            {
+                io.tasks.abort().await;
+                return Err(e);
+            }
             return Ok(Prepared {
                 io,
                 invocation: InvocationStdio::default(),
@@ -172,6 +183,35 @@ impl ProcessIo {
                 Err(e)
             }
         }
+    }
+
+    /// A terminal logged to a `file://` or `binary://` URI: the pipe its output will be
+    /// copied into, with the file copy or the logger (whose stderr stays empty) already
+    /// on the other end.
+    async fn prepare_console_output(
+        &mut self,
+        namespace: &str,
+        container_id: &str,
+        reaper: &Reaper,
+    ) -> Result<(), Error> {
+        match Output::parse(&self.stdio.stdout)? {
+            Output::File(path) => {
+                let (r, w) = os_pipe()?;
+                let file = open_log_file(&path)?;
+                self.files
+                    .push(tokio::spawn(copy_to_file(receiver(r)?, file)));
+                self.console_out = Some(w);
+            }
+            Output::Binary { path, args } => {
+                let (out_r, out_w) = os_pipe()?;
+                let (err_r, err_w) = os_pipe()?;
+                start_logger(&path, &args, namespace, container_id, out_r, err_r, reaper).await?;
+                drop(err_w);
+                self.console_out = Some(out_w);
+            }
+            Output::None | Output::Fifo(_) => {}
+        }
+        Ok(())
     }
 
     async fn prepare_pipes(
@@ -248,10 +288,16 @@ impl ProcessIo {
                 .copy_to_fifo(pty.clone(), &path)
                 .map_err(|e| Error::Other(format!("stdout {path}: {e}")))?,
             Output::None => {}
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "a terminal's output goes to a fifo, not {other:?}"
-                )))
+            Output::File(_) | Output::Binary { .. } => {
+                let Some(w) = self.console_out.take() else {
+                    return Err(Error::Other("the terminal's log was not prepared".into()));
+                };
+                let mut to = sender(w)?;
+                let mut from = pty.clone();
+                self.files.push(tokio::spawn(async move {
+                    // Ends when the terminal hangs up (EIO) with the process's exit.
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                }));
             }
         }
         self.pty = Some(pty);

@@ -510,10 +510,35 @@ pub async fn load(ctx: &Context, input: Option<&PathBuf>, quiet: bool) -> Result
     let mut s = transfer::open_stream(client, "import").await?;
     let (tx, mut rx) = (s.tx.clone(), s.rx);
     s.tx = tokio::sync::mpsc::channel(1).0;
-    let sender = tokio::spawn(async move {
+    // The archive is read on a thread of its own, a chunk ahead of berthd's credit.
+    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || loop {
         let mut buf = vec![0u8; 64 << 10];
+        let r = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e) => Err(e),
+        };
+        let failed = r.is_err();
+        if chunks_tx.blocking_send(r).is_err() || failed {
+            break;
+        }
+    });
+    let sender = tokio::spawn(async move {
         let mut credit: i64 = 0;
+        let mut pending: Option<Vec<u8>> = None;
         'outer: loop {
+            let chunk = match pending.take() {
+                Some(c) => c,
+                None => match chunks.recv().await {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Err(Error::io("read the archive")(e)),
+                    None => break,
+                },
+            };
             while credit <= 0 {
                 match rx.message().await {
                     Ok(Some(m)) => {
@@ -524,16 +549,14 @@ pub async fn load(ctx: &Context, input: Option<&PathBuf>, quiet: bool) -> Result
                     _ => break 'outer,
                 }
             }
-            let want = buf.len().min(credit as usize);
-            let n = match tokio::task::block_in_place(|| src.read(&mut buf[..want])) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => return Err(Error::io("read the archive")(e)),
-            };
+            let n = chunk.len().min(credit as usize);
             credit -= n as i64;
+            if n < chunk.len() {
+                pending = Some(chunk[n..].to_vec());
+            }
             if tx
                 .send(any_of(&Data {
-                    data: buf[..n].to_vec(),
+                    data: chunk[..n].to_vec(),
                 }))
                 .await
                 .is_err()
