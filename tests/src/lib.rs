@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+pub mod cli;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
@@ -142,7 +143,7 @@ impl Drop for Registry {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     // The test binary lives in target/<profile>/deps/.
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().to_owned()

@@ -167,6 +167,51 @@ fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8)> {
     Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
 }
 
+/// The IPv4 ranges the host routes already (its LANs, other bridges), from
+/// /proc/net/route: a new network must not hide them.
+fn host_routes() -> Vec<(Ipv4Addr, u8)> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            // The default route covers everything and hides nothing.
+            (mask != 0).then(|| {
+                (
+                    Ipv4Addr::from(u32::from_be(dest)),
+                    u32::from_be(mask).count_ones() as u8,
+                )
+            })
+        })
+        .collect()
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes a network's bridge, which the CNI bridge plugin makes on first use and never
+/// removes.
+fn delete_bridge(name: &str) -> Result<()> {
+    if !link_exists(name) {
+        return Ok(());
+    }
+    let out = std::process::Command::new("ip")
+        .args(["link", "delete", name, "type", "bridge"])
+        .output()
+        .map_err(Error::io(format!("run ip link delete {name}")))?;
+    if out.status.success() || !link_exists(name) {
+        Ok(())
+    } else {
+        Err(Error::Daemon(format!(
+            "delete bridge {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
     let len = a.1.min(b.1);
     let mask = u32::MAX << (32 - len);
@@ -246,10 +291,11 @@ impl Networks {
                 "network with name {name} already exists"
             )));
         }
-        let taken: Vec<(Ipv4Addr, u8)> = existing
+        let mut taken: Vec<(Ipv4Addr, u8)> = existing
             .iter()
             .filter_map(|n| parse_subnet(&n.subnet).ok())
             .collect();
+        taken.extend(host_routes());
         let net = match subnet {
             Some(s) => {
                 let n = parse_subnet(s)?;
@@ -273,7 +319,8 @@ impl Networks {
             }
         };
         let id = crate::containers::new_id();
-        let bridge = if name == DEFAULT_NETWORK {
+        // The default network's bridge is berth0, unless another berthd's has that name.
+        let bridge = if name == DEFAULT_NETWORK && !link_exists("berth0") {
             "berth0".to_owned()
         } else {
             format!("br-{}", &id[..12])
@@ -333,6 +380,9 @@ impl Networks {
     }
 
     pub fn remove(&self, name: &str) -> Result<()> {
+        if let Ok(info) = self.get(name) {
+            delete_bridge(&info.bridge)?;
+        }
         let dir = self.net_dir(name);
         std::fs::remove_dir_all(&dir).map_err(Error::io(format!("remove {}", dir.display())))
     }
@@ -523,19 +573,26 @@ mod tests {
         let n = Networks::new(&paths, vec![]);
         let a = n.create("bridge", None, Default::default()).unwrap();
         let b = n.create("front", None, Default::default()).unwrap();
-        assert_eq!(a.subnet, "10.89.0.0/24");
-        assert_eq!(
-            (a.gateway.as_str(), a.bridge.as_str()),
-            ("10.89.0.1", "berth0")
-        );
-        assert_eq!(b.subnet, "10.89.1.0/24");
+        // Subnets the host already routes are skipped.
+        let routed = host_routes();
+        for net in [&a, &b] {
+            let sub = parse_subnet(&net.subnet).unwrap();
+            assert!(!routed.iter().any(|r| overlaps(*r, sub)), "{}", net.subnet);
+            assert!(net.subnet.starts_with("10.89."), "{}", net.subnet);
+        }
+        assert_ne!(a.subnet, b.subnet);
+        assert!(a.bridge == "berth0" || a.bridge.starts_with("br-"));
         assert!(b.bridge.starts_with("br-") && b.bridge.len() <= 15);
         assert!(matches!(
             n.create("front", None, Default::default()),
             Err(Error::Conflict(_))
         ));
         assert!(matches!(
-            n.create("x", Some("10.89.1.128/25"), Default::default()),
+            n.create(
+                "x",
+                Some(&b.subnet.replace("/24", "/25")),
+                Default::default()
+            ),
             Err(Error::Conflict(_))
         ));
         assert!(matches!(

@@ -68,7 +68,6 @@ pub async fn pull_with_progress(ctx: &Context, r: &Reference, quiet: bool) -> Re
             eprintln!("Status: Downloaded newer image for {}", r.familiar());
         }
     }
-    println!("{r}");
     Ok(())
 }
 
@@ -77,7 +76,9 @@ pub async fn pull(ctx: &Context, name: &str, quiet: bool) -> Result<()> {
     if !quiet && !name.contains(':') && !name.contains('@') {
         eprintln!("Using default tag: latest");
     }
-    pull_with_progress(ctx, &r, quiet).await
+    pull_with_progress(ctx, &r, quiet).await?;
+    println!("{r}");
+    Ok(())
 }
 
 pub async fn push(ctx: &Context, name: &str, quiet: bool) -> Result<()> {
