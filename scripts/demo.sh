@@ -36,3 +36,7 @@ ctr -a /run/berth/berth.sock snapshots ls
 # Through berth's own shim (containers made in-process), then Debian's runc shim.
 ctr -a /run/berth/berth.sock run --runtime io.containerd.berth.v2 --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r), made by berth shim"'
 ctr -a /run/berth/berth.sock run --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r), made by runc"'
+# The same as a docker user does it, with berth's own command line (default address).
+./target/release/berth pull "127.0.0.1:$port/busybox:latest"
+./target/release/berth run --rm --network none "127.0.0.1:$port/busybox:latest" sh -c 'echo "hello from berth run on $(uname -r)"'
+./target/release/berth images

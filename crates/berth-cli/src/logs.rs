@@ -141,6 +141,30 @@ pub fn writer_active(path: &Path) -> bool {
     }
 }
 
+/// A flag one side raises and the other waits on: the container has exited.
+#[derive(Default)]
+pub struct Exited {
+    done: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Exited {
+    pub fn set(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `d`; true while the container has not exited.
+    pub fn still_running(&self, d: Duration) -> bool {
+        let g = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        !*g
+    }
+}
+
 /// Waits up to `limit` for the logger to write its last line.
 pub fn wait_for_writer(path: &Path, limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
@@ -216,12 +240,12 @@ fn emit(e: &Entry, timestamps: bool, out: &mut dyn Write, err: &mut dyn Write) -
 }
 
 /// Prints what is appended to `path` after `offset` until `keep_going` says stop and the
-/// writer has finished.
+/// writer has finished. `keep_going(d)` may wait up to `d` for news before it answers.
 pub fn follow(
     path: &Path,
     mut offset: u64,
     opts: &ReadOptions,
-    mut keep_going: impl FnMut() -> bool,
+    mut keep_going: impl FnMut(Duration) -> bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<()> {
@@ -248,12 +272,11 @@ pub fn follow(
         if last_pass {
             return Ok(());
         }
-        if !keep_going() {
+        if !keep_going(Duration::from_millis(100)) {
             wait_for_writer(path, Duration::from_secs(2));
             last_pass = true;
             continue;
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -761,7 +760,7 @@ async fn run_created(ctx: &Context, args: &RunArgs, c: &Container) -> Result<()>
         container_id: c.id.clone(),
         exec_id: String::new(),
     }));
-    let exited = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(crate::logs::Exited::default());
     let (raw, copying) = match opened {
         Some(o) => {
             let raw = a.tty.then(crate::io::RawTerminal::enter);
@@ -792,7 +791,7 @@ async fn run_created(ctx: &Context, args: &RunArgs, c: &Container) -> Result<()>
                 &log,
                 0,
                 &Default::default(),
-                || !exited.load(Ordering::SeqCst),
+                |d| exited.still_running(d),
                 &mut out,
                 &mut err,
             )
@@ -806,7 +805,7 @@ async fn run_created(ctx: &Context, args: &RunArgs, c: &Container) -> Result<()>
         .then(|| spawn_resizer(client.clone(), c.id.clone(), String::new()));
     let proxy = (!a.tty).then(|| spawn_signal_proxy(client.clone(), c.id.clone()));
     let status = wait.await.map(|r| r.into_inner().exit_status);
-    exited.store(true, Ordering::SeqCst);
+    exited.set();
     if let Some(cp) = copying {
         cp.finish().await;
     }

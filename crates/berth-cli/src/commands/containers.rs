@@ -102,7 +102,7 @@ async fn follow_until_exit(
         >,
     >,
 ) -> Result<()> {
-    let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exited = std::sync::Arc::new(logs::Exited::default());
     let e2 = exited.clone();
     let follower = tokio::task::spawn_blocking(move || {
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
@@ -110,13 +110,13 @@ async fn follow_until_exit(
             &log,
             from,
             &ReadOptions::default(),
-            || !e2.load(std::sync::atomic::Ordering::SeqCst),
+            |d| e2.still_running(d),
             &mut out,
             &mut err,
         )
     });
     let status = wait.await;
-    exited.store(true, std::sync::atomic::Ordering::SeqCst);
+    exited.set();
     let _ = follower.await;
     match status?.into_inner().exit_status {
         0 => Ok(()),
@@ -347,7 +347,8 @@ pub async fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
         if !follow {
             return Ok(());
         }
-        let keep_going = || {
+        let keep_going = |d| {
+            std::thread::sleep(d);
             rt.block_on(containers::task(&client, &id))
                 .map(|t| State::of(t.as_ref()).is_running())
                 .unwrap_or(false)
