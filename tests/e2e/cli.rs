@@ -604,6 +604,74 @@ fn root_logs_and_containers_survive_a_berthd_restart_and_detached_rm_removes() {
     assert!(cli.ok(&["ps"]).contains("tocker"));
     cli.ok(&["rm", "-f", "tocker"]);
 
+    // --restart is kept by berthd: always until stopped, on-failure:N at most N times.
+    cli.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "again",
+        &reference,
+        "sh",
+        "-c",
+        "echo started; sleep 0.3; exit 1",
+    ]);
+    wait_until("two restarts", Duration::from_secs(20), || {
+        cli.ok(&["logs", "again"]).matches("started").count() >= 3
+    });
+    let count: u32 = cli
+        .ok(&["inspect", "-f", "{{.RestartCount}}", "again"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(count >= 2, "{count}");
+    assert_eq!(
+        cli.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}",
+            "again"
+        ])
+        .trim(),
+        "always"
+    );
+    cli.ok(&["stop", "-t", "1", "again"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !cli.ok(&["ps"]).contains("again"),
+        "a stopped container stays stopped"
+    );
+    cli.ok(&["rm", "again"]);
+    cli.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "on-failure:2",
+        "--name",
+        "flaky",
+        &reference,
+        "sh",
+        "-c",
+        "echo try; exit 3",
+    ]);
+    wait_until("two restarts", Duration::from_secs(20), || {
+        cli.ok(&["inspect", "-f", "{{.RestartCount}}", "flaky"])
+            .trim()
+            == "2"
+    });
+    wait_until("the last try to end", Duration::from_secs(10), || {
+        cli.ok(&["ps", "-a"]).contains("Exited (3)")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cli.ok(&["logs", "flaky"]).matches("try").count(), 3);
+    let conflict = cli.run(&["run", "--rm", "--restart", "always", &reference, "true"]);
+    assert!(
+        stderr_of(&conflict).contains("conflicting options"),
+        "{}",
+        stderr_of(&conflict)
+    );
+
     // -d --rm: gone once it exits, with nobody waiting in the foreground.
     cli.ok(&[
         "run", "-d", "--rm", "--name", "brief", &reference, "sleep", "1",

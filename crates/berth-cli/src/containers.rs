@@ -26,6 +26,54 @@ pub const LABEL_PORTS: &str = "berth/ports";
 pub const LABEL_NETWORK: &str = "berth/network";
 pub const LABEL_TTY: &str = "berth/tty";
 pub const LABEL_STDIN: &str = "berth/stdin";
+/// containerd's restart monitor labels, which berthd acts on.
+pub const RESTART_STATUS: &str = "containerd.io/restart.status";
+pub const RESTART_POLICY: &str = "containerd.io/restart.policy";
+pub const RESTART_LOG_URI: &str = "containerd.io/restart.loguri";
+pub const RESTART_COUNT: &str = "containerd.io/restart.count";
+
+/// `--restart` as Docker reads it: no, always, unless-stopped, on-failure[:N].
+pub fn parse_restart(s: &str) -> Result<Option<String>> {
+    let ok = match s {
+        "no" | "" => return Ok(None),
+        "always" | "unless-stopped" | "on-failure" => true,
+        s => s
+            .strip_prefix("on-failure:")
+            .is_some_and(|n| n.parse::<u32>().is_ok()),
+    };
+    if ok {
+        Ok(Some(s.to_owned()))
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid restart policy {s:?}: no, always, unless-stopped or on-failure[:N]"
+        )))
+    }
+}
+
+/// Tells berthd's restart monitor whether the container is meant to run (a stop by the
+/// user is not a failure to restart from). Containers without a policy are left alone.
+pub async fn set_restart_status(client: &Client, c: &Container, running: bool) -> Result<()> {
+    if !c.labels.contains_key(RESTART_POLICY) {
+        return Ok(());
+    }
+    let mut c = c.clone();
+    c.labels.insert(
+        RESTART_STATUS.into(),
+        if running { "running" } else { "stopped" }.into(),
+    );
+    client
+        .containers()
+        .update(
+            client.req(containerd_client::services::v1::UpdateContainerRequest {
+                container: Some(c),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![format!("labels.{RESTART_STATUS}")],
+                }),
+            }),
+        )
+        .await?;
+    Ok(())
+}
 
 /// Where the command line keeps its own files for one berthd: logs, /etc files, fifos.
 #[derive(Debug, Clone)]
@@ -235,6 +283,7 @@ pub fn valid_name(n: &str) -> bool {
 /// Sends `signal` to the container's processes and waits up to `grace` for the task to
 /// stop, then kills it.
 pub async fn stop(client: &Client, c: &Container, grace: Duration) -> Result<()> {
+    set_restart_status(client, c, false).await?;
     let state = State::of(task(client, &c.id).await?.as_ref());
     if !state.is_running() {
         return Ok(());

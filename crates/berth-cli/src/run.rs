@@ -115,6 +115,9 @@ pub struct CreateArgs {
     /// Automatically remove the container when it exits
     #[arg(long)]
     pub rm: bool,
+    /// Restart policy: no, always, unless-stopped, on-failure[:N] (kept by berthd)
+    #[arg(long, default_value = "no")]
+    pub restart: String,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -379,6 +382,12 @@ pub async fn create(ctx: &Context, args: &CreateArgs) -> Result<Container> {
         }
         None => containers::generate_name(&taken),
     };
+    let restart = containers::parse_restart(&args.restart)?;
+    if restart.is_some() && args.rm {
+        return Err(Error::Invalid(
+            "conflicting options: --restart and --rm".into(),
+        ));
+    }
     let id = containers::new_id();
     let mode = Mode::parse(&args.network);
     let publish = ports(args, &image)?;
@@ -580,6 +589,15 @@ pub async fn create(ctx: &Context, args: &CreateArgs) -> Result<Container> {
             }
             if args.interactive {
                 labels.insert(LABEL_STDIN.into(), "true".into());
+            }
+            if let Some(policy) = &restart {
+                let log = dir.join(format!("{id}-json.log"));
+                labels.insert(containers::RESTART_POLICY.into(), policy.clone());
+                labels.insert(containers::RESTART_STATUS.into(), "running".into());
+                labels.insert(
+                    containers::RESTART_LOG_URI.into(),
+                    crate::logs::logger_uri(&log)?,
+                );
             }
             let record = Container {
                 id: id.clone(),

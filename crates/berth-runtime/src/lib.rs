@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod client;
 pub mod error;
 pub mod manager;
+pub mod restart;
 pub mod shim;
 pub mod task;
 

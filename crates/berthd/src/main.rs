@@ -380,6 +380,15 @@ async fn run(mut args: Args) -> Result<()> {
     );
     runtime.recover().await;
     let containers = Arc::new(berth_core::containers::Containers::new(meta.clone()));
+    // Containers labelled for it are kept running, as containerd's restart monitor does.
+    Arc::new(berth_runtime::restart::RestartMonitor {
+        containers: containers.clone(),
+        snapshots: snapshots.clone(),
+        namespaces: Arc::new(Namespaces::new(meta.clone(), snapshotter_names.clone())),
+        runtime: runtime.clone(),
+        default_runtime: tasks::DEFAULT_RUNTIME.to_owned(),
+    })
+    .spawn(&events);
     let images = Arc::new(Images::new(meta.clone()));
     let registry = berth_registry::RegistryClient::new(berth_registry::RegistryConfig {
         credentials: s

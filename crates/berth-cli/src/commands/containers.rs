@@ -62,6 +62,7 @@ fn log_path(c: &Container) -> Result<PathBuf> {
 
 /// Starts a container's task again (a stopped one is deleted first), logged.
 async fn start_one(ctx: &Context, c: &Container) -> Result<()> {
+    containers::set_restart_status(&ctx.client, c, true).await?;
     let state = State::of(containers::task(&ctx.client, &c.id).await?.as_ref());
     if state.is_running() {
         return Ok(());
@@ -154,6 +155,8 @@ pub async fn kill(ctx: &Context, names: &[String], signal: &str) -> Result<()> {
                 name_of(&c)
             )));
         }
+        // A kill by the user is a stop, not a failure to restart from.
+        containers::set_restart_status(&ctx.client, &c, false).await?;
         containers::kill(&ctx.client, &c.id, sig, false).await
     })
     .await
@@ -600,6 +603,7 @@ pub async fn container_json(ctx: &Context, c: &Container) -> Result<Value> {
         "Image": c.image,
         "Name": format!("/{}", name_of(c)),
         "LogPath": c.labels.get(LABEL_LOG),
+        "RestartCount": c.labels.get(containers::RESTART_COUNT).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0),
         "Config": {
             "Hostname": spec["hostname"],
             "User": format!("{}:{}", spec["process"]["user"]["uid"], spec["process"]["user"]["gid"]),
@@ -618,6 +622,7 @@ pub async fn container_json(ctx: &Context, c: &Container) -> Result<Value> {
             "Privileged": spec["linux"]["seccomp"].is_null() && spec["linux"]["maskedPaths"].is_null(),
             "NetworkMode": network,
             "PortBindings": port_map,
+            "RestartPolicy": {"Name": c.labels.get(containers::RESTART_POLICY).cloned().unwrap_or_else(|| "no".into())},
             "CapAdd": Value::Null,
         },
         "Mounts": spec["mounts"].as_array().map(|m| m.iter().filter(|x| x["type"] == "bind" && !x["destination"].as_str().unwrap_or_default().starts_with("/etc/")).map(|x| json!({
