@@ -135,35 +135,9 @@ pub async fn pull(
             progress_stream: progress.id.clone(),
         }),
     };
-    let mut transfer = client.transfer();
-    let call = transfer.transfer(client.req(req));
-    tokio::pin!(call);
-    let result = loop {
-        tokio::select! {
-            r = &mut call => break r,
-            m = progress.rx.next() => match m {
-                Some(Ok(m)) => {
-                    if let Ok(p) = Progress::decode(m.value.as_slice()) {
-                        on_progress(p);
-                    }
-                }
-                _ => {
-                    // The progress stream ended early; the transfer's answer still counts.
-                    break (&mut call).await;
-                }
-            },
-        }
-    };
-    // Whatever progress is still queued was sent before the answer.
-    while let Ok(Some(Ok(m))) =
-        tokio::time::timeout(std::time::Duration::from_millis(50), progress.rx.next()).await
-    {
-        if let Ok(p) = Progress::decode(m.value.as_slice()) {
-            on_progress(p);
-        }
-    }
+    let result = call_with_progress(client, req, &mut progress, &mut on_progress).await;
     auth.abort();
-    result.map(|_| ()).map_err(|s| registry_error(s, reference))
+    result.map_err(|s| registry_error(s, reference))
 }
 
 /// Pushes the stored image `image` to `reference`.
@@ -189,24 +163,43 @@ pub async fn push(
             progress_stream: progress.id.clone(),
         }),
     };
+    let result = call_with_progress(client, req, &mut progress, &mut on_progress).await;
+    auth.abort();
+    result.map_err(|s| registry_error(s, reference))
+}
+
+/// One Transfer call, with the progress berthd streams meanwhile passed to `on_progress`.
+async fn call_with_progress(
+    client: &Client,
+    req: TransferRequest,
+    progress: &mut Stream,
+    on_progress: &mut impl FnMut(Progress),
+) -> std::result::Result<(), tonic::Status> {
     let mut transfer = client.transfer();
     let call = transfer.transfer(client.req(req));
     tokio::pin!(call);
+    let mut decode = |m: prost_types::Any| {
+        if let Ok(p) = Progress::decode(m.value.as_slice()) {
+            on_progress(p);
+        }
+    };
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
             m = progress.rx.next() => match m {
-                Some(Ok(m)) => {
-                    if let Ok(p) = Progress::decode(m.value.as_slice()) {
-                        on_progress(p);
-                    }
-                }
+                Some(Ok(m)) => decode(m),
+                // The progress stream ended early; the transfer's answer still counts.
                 _ => break (&mut call).await,
             },
         }
     };
-    auth.abort();
-    result.map(|_| ()).map_err(|s| registry_error(s, reference))
+    // Whatever progress is still queued was sent before the answer.
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout(std::time::Duration::from_millis(50), progress.rx.next()).await
+    {
+        decode(m);
+    }
+    result.map(|_| ())
 }
 
 /// A registry's refusal in the words Docker uses.

@@ -233,6 +233,17 @@ impl RestartMonitor {
             let _ = self.runtime.delete(&key).await;
             return Err(e);
         }
+        // A client that marked the container stopped while this restart was under way
+        // may have found no task to signal: it is stopped here instead.
+        let (containers, n, i) = (self.containers.clone(), ns.clone(), c.id.clone());
+        let now = blocking(move || containers.get(&n, &i)).await?;
+        if now.labels.get(STATUS).map(String::as_str) != Some("running") {
+            if let Ok(shim) = task.shim() {
+                let _ = shim.kill("", libc::SIGKILL as u32, true).await;
+            }
+            let _ = task.wait("").await;
+            return Ok(());
+        }
         let mut counted = c;
         counted.labels.insert(COUNT.into(), (count + 1).to_string());
         let (containers, n) = (self.containers.clone(), ns.clone());
