@@ -551,6 +551,14 @@ fn root_save_load_push_with_login_and_errors_are_named_with_dockers_exit_codes()
         "{}",
         stderr_of(&in_use)
     );
+    // system prune takes the stopped containers and, with -a, the images none uses.
+    let pruned = cli.ok(&["system", "prune", "-a", "-f"]);
+    assert!(
+        pruned.contains("Deleted Containers") && pruned.contains("Total reclaimed space"),
+        "{pruned}"
+    );
+    assert!(cli.ok(&["ps", "-aq"]).trim().is_empty());
+    assert_eq!(cli.ok(&["images", "-q"]).trim(), "");
     let gone = Command::new(berth_binary())
         .args(["--address", "/nonexistent/berth.sock", "ps"])
         .output()

@@ -495,8 +495,12 @@ pub enum SystemCommand {
 }
 
 pub fn print_completions(shell: clap_complete::Shell) {
+    write_completions(shell, &mut std::io::stdout());
+}
+
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "berth", &mut std::io::stdout());
+    clap_complete::generate(shell, &mut cmd, "berth", out);
 }
 
 #[cfg(test)]
@@ -506,6 +510,23 @@ mod tests {
     #[test]
     fn the_grammar_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_name_the_commands_and_their_flags() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.contains("run") && text.contains("--publish") && text.contains("network"),
+                "{shell}"
+            );
+        }
     }
 
     #[test]
