@@ -523,7 +523,7 @@ mod tests {
             write_completions(shell, &mut out);
             let text = String::from_utf8(out).unwrap();
             assert!(
-                text.contains("run") && text.contains("--publish") && text.contains("network"),
+                text.contains("run") && text.contains("publish") && text.contains("network"),
                 "{shell}"
             );
         }
