@@ -331,14 +331,13 @@ fn etc_files(
 
 /// Undoes what `create` made when a later step fails.
 struct Undo<'a> {
-    ctx: &'a Context,
     networks: Option<(&'a Networks, Container)>,
     dir: Option<PathBuf>,
     armed: bool,
 }
 
-impl Undo<'_> {
-    fn run(&mut self) {
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
         if !self.armed {
             return;
         }
@@ -350,7 +349,6 @@ impl Undo<'_> {
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
-        let _ = self.ctx;
     }
 }
 
@@ -436,8 +434,9 @@ pub async fn create(ctx: &Context, args: &CreateArgs) -> Result<Container> {
     let dir = ctx.paths.container_dir(client.namespace(), &id);
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
     let networks = ctx.networks();
+    // Until the record exists, whatever ends this (an error, a dropped future) undoes the
+    // network and the files.
     let mut undo = Undo {
-        ctx,
         networks: None,
         dir: Some(dir.clone()),
         armed: true,
@@ -638,16 +637,10 @@ pub async fn create(ctx: &Context, args: &CreateArgs) -> Result<Container> {
         made
     }
     .await;
-    match result {
-        Ok(c) => {
-            undo.armed = false;
-            Ok(c)
-        }
-        Err(e) => {
-            undo.run();
-            Err(e)
-        }
+    if result.is_ok() {
+        undo.armed = false;
     }
+    result
 }
 
 /// How a task's stdio is wired.
