@@ -236,46 +236,19 @@ pub enum Command {
     /// Copy files between a container and the local filesystem (CONTAINER:PATH or PATH)
     Cp { source: String, destination: String },
     /// Download an image from a registry
-    Pull {
-        /// Suppress verbose output
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        image: String,
-    },
+    Pull(ImageArgs),
     /// Upload an image to a registry
-    Push {
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        image: String,
-    },
+    Push(ImageArgs),
     /// List images
     Images(ImagesArgs),
     /// Remove one or more images
-    Rmi {
-        /// Force removal of the image
-        #[arg(short = 'f', long)]
-        force: bool,
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rmi(RmiArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag { source: String, target: String },
     /// Save one or more images to a tar archive (streamed to STDOUT by default)
-    Save {
-        /// Write to a file, instead of STDOUT
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Save(SaveArgs),
     /// Load an image from a tar archive or STDIN
-    Load {
-        /// Read from tar archive file, instead of STDIN
-        #[arg(short = 'i', long)]
-        input: Option<PathBuf>,
-        #[arg(short = 'q', long)]
-        quiet: bool,
-    },
+    Load(LoadArgs),
     /// Log in to a registry
     Login {
         #[arg(short = 'u', long)]
@@ -322,6 +295,42 @@ pub enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Suppress verbose output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    pub image: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RmiArgs {
+    /// Force removal of the image
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SaveArgs {
+    /// Write to a file, instead of STDOUT
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Read from tar archive file, instead of STDIN
+    #[arg(short = 'i', long)]
+    pub input: Option<PathBuf>,
+    /// Suppress the loaded images' names
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct ImagesArgs {
     /// Only show image IDs
     #[arg(short = 'q', long)]
@@ -345,25 +354,12 @@ pub enum ImageCommand {
     #[command(alias = "list")]
     Ls(ImagesArgs),
     /// Download an image from a registry
-    Pull {
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        image: String,
-    },
+    Pull(ImageArgs),
     /// Upload an image to a registry
-    Push {
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        image: String,
-    },
+    Push(ImageArgs),
     /// Remove one or more images
     #[command(alias = "remove")]
-    Rm {
-        #[arg(short = 'f', long)]
-        force: bool,
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rm(RmiArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag { source: String, target: String },
     /// Display detailed information on one or more images
@@ -383,19 +379,9 @@ pub enum ImageCommand {
         force: bool,
     },
     /// Save one or more images to a tar archive
-    Save {
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Save(SaveArgs),
     /// Load an image from a tar archive or STDIN
-    Load {
-        #[arg(short = 'i', long)]
-        input: Option<PathBuf>,
-        #[arg(short = 'q', long)]
-        quiet: bool,
-    },
+    Load(LoadArgs),
 }
 
 #[derive(Subcommand, Debug)]

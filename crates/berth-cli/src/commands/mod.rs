@@ -67,16 +67,10 @@ pub async fn run(ctx: &Context, command: C) -> Result<()> {
             source,
             destination,
         } => containers::cp(ctx, &source, &destination).await,
-        C::Pull { quiet, image } | C::Image(I::Pull { quiet, image }) => {
-            images::pull(ctx, &image, quiet).await
-        }
-        C::Push { quiet, image } | C::Image(I::Push { quiet, image }) => {
-            images::push(ctx, &image, quiet).await
-        }
+        C::Pull(a) | C::Image(I::Pull(a)) => images::pull(ctx, &a.image, a.quiet).await,
+        C::Push(a) | C::Image(I::Push(a)) => images::push(ctx, &a.image, a.quiet).await,
         C::Images(a) | C::Image(I::Ls(a)) => images::images(ctx, &a).await,
-        C::Rmi { force, images: n } | C::Image(I::Rm { force, images: n }) => {
-            images::rmi(ctx, &n, force).await
-        }
+        C::Rmi(a) | C::Image(I::Rm(a)) => images::rmi(ctx, &a.images, a.force).await,
         C::Tag { source, target } | C::Image(I::Tag { source, target }) => {
             images::tag(ctx, &source, &target).await
         }
@@ -84,12 +78,8 @@ pub async fn run(ctx: &Context, command: C) -> Result<()> {
             images::inspect_images(ctx, &n, format.as_deref()).await
         }
         C::Image(I::Prune { all, .. }) => images::prune(ctx, all).await,
-        C::Save { output, images: n } | C::Image(I::Save { output, images: n }) => {
-            images::save(ctx, &n, output.as_ref()).await
-        }
-        C::Load { input, quiet } | C::Image(I::Load { input, quiet }) => {
-            images::load(ctx, input.as_ref(), quiet).await
-        }
+        C::Save(a) | C::Image(I::Save(a)) => images::save(ctx, &a.images, a.output.as_ref()).await,
+        C::Load(a) | C::Image(I::Load(a)) => images::load(ctx, a.input.as_ref(), a.quiet).await,
         C::Login {
             username,
             password,
