@@ -551,6 +551,42 @@ fn root_save_load_push_with_login_and_errors_are_named_with_dockers_exit_codes()
         "{}",
         stderr_of(&in_use)
     );
+    // A create that fails after its network was made (a bind source that does not exist)
+    // names the path and leaves no container, namespace or files behind.
+    let netns_count = || {
+        std::fs::read_dir(cli.data.path())
+            .unwrap()
+            .flatten()
+            .map(|r| {
+                std::fs::read_dir(r.path().join("netns"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+    };
+    let (containers_before, netns_before) = (cli.ok(&["ps", "-aq"]), netns_count());
+    let bad = cli.run(&[
+        "run",
+        "--mount",
+        "type=bind,source=/nonexistent-berth-src,target=/x",
+        &reference,
+        "true",
+    ]);
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(
+        stderr_of(&bad).contains("/nonexistent-berth-src"),
+        "{}",
+        stderr_of(&bad)
+    );
+    assert_eq!(cli.ok(&["ps", "-aq"]), containers_before);
+    assert_eq!(netns_count(), netns_before);
+    let bad = cli.run(&["run", "--restart", "sometimes", &reference, "true"]);
+    assert!(
+        stderr_of(&bad).contains("invalid restart policy \"sometimes\""),
+        "{}",
+        stderr_of(&bad)
+    );
+
     // system prune takes the stopped containers and, with -a, the images none uses.
     let pruned = cli.ok(&["system", "prune", "-a", "-f"]);
     assert!(

@@ -294,6 +294,17 @@ pub enum Command {
     Autoremove { id: String },
 }
 
+/// `network ls` and `volume ls`.
+#[derive(Args, Debug, Clone)]
+pub struct LsArgs {
+    /// Only display names or ids
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Format output: table, json, or a {{.Field}} template
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ImageArgs {
     /// Suppress verbose output
@@ -400,12 +411,7 @@ pub enum NetworkCommand {
     },
     /// List networks
     #[command(alias = "list")]
-    Ls {
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Ls(LsArgs),
     /// Display detailed information on one or more networks
     Inspect {
         #[arg(short = 'f', long)]
@@ -436,12 +442,7 @@ pub enum VolumeCommand {
     },
     /// List volumes
     #[command(alias = "list")]
-    Ls {
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Ls(LsArgs),
     /// Display detailed information on one or more volumes
     Inspect {
         #[arg(short = 'f', long)]

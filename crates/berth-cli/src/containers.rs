@@ -439,6 +439,20 @@ mod tests {
     }
 
     #[test]
+    fn restart_policies_read_as_dockers() {
+        assert_eq!(parse_restart("no").unwrap(), None);
+        assert_eq!(parse_restart("always").unwrap().as_deref(), Some("always"));
+        assert_eq!(
+            parse_restart("on-failure:3").unwrap().as_deref(),
+            Some("on-failure:3")
+        );
+        for bad in ["sometimes", "on-failure:x", "on-failure:-1", "Always"] {
+            let e = parse_restart(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
     fn names_and_ids_look_like_dockers() {
         let n = generate_name(&[]);
         assert!(valid_name(&n) && n.contains('_'));

@@ -149,8 +149,7 @@ pub async fn image_for_run(ctx: &Context, name: &str) -> Result<Resolved> {
         Err(Error::NoSuchImage(_)) => {
             let r = crate::reference::Reference::parse(name)?;
             eprintln!("Unable to find image '{}' locally", r.familiar());
-            crate::commands::images::pull_with_progress(ctx, &r, false).await?;
-            let i = image::find(client, &r.to_string()).await?;
+            let i = crate::commands::images::pull_with_progress(ctx, &r, false).await?;
             image::resolve(client, &i).await
         }
         Err(e) => Err(e),

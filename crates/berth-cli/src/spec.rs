@@ -132,9 +132,8 @@ pub fn capabilities(o: &Options) -> Vec<String> {
     }
 }
 
-/// The process of the spec, also the base of an exec's process.
-pub fn process(o: &Options, image: &Resolved) -> Result<Value> {
-    let caps = capabilities(o);
+/// The process of the spec, with the capabilities `capabilities(o)` gave.
+fn process(o: &Options, image: &Resolved, caps: &[String]) -> Result<Value> {
     let cwd = match (
         &o.workdir,
         image.config_field("WorkingDir").and_then(Value::as_str),
@@ -222,7 +221,7 @@ pub fn container_spec(o: &Options, image: &Resolved) -> Result<Value> {
     }
     Ok(json!({
         "ociVersion": "1.1.0",
-        "process": process(o, image)?,
+        "process": process(o, image, &caps)?,
         "root": {"path": "rootfs", "readonly": o.read_only},
         "hostname": o.hostname,
         "mounts": mounts,

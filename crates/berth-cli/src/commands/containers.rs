@@ -23,6 +23,8 @@ use crate::reference::familiar_name;
 use crate::run::{self, Stdio};
 use crate::Context;
 
+use super::Failures;
+
 /// Runs `f` for each named container, printing what Docker prints (the name given) and
 /// every error; fails with exit code 1 if any failed.
 async fn each<'a, F, Fut>(ctx: &'a Context, names: &'a [String], mut f: F) -> Result<()>
@@ -30,25 +32,17 @@ where
     F: FnMut(&'a Context, Container) -> Fut,
     Fut: std::future::Future<Output = Result<()>> + 'a,
 {
-    let mut failed = false;
+    let mut failures = Failures::default();
     for n in names {
         let r = match containers::find(&ctx.client, n).await {
             Ok(c) => f(ctx, c).await,
             Err(e) => Err(e),
         };
-        match r {
-            Ok(()) => println!("{n}"),
-            Err(e) => {
-                eprintln!("Error: {e}");
-                failed = true;
-            }
+        if failures.check(r).is_some() {
+            println!("{n}");
         }
     }
-    if failed {
-        Err(Error::Exit(1))
-    } else {
-        Ok(())
-    }
+    failures.finish()
 }
 
 fn log_path(c: &Container) -> Result<PathBuf> {
@@ -672,7 +666,7 @@ pub async fn inspect(
     kind: Option<&str>,
 ) -> Result<()> {
     let mut out = Vec::new();
-    let mut failed = false;
+    let mut failures = Failures::default();
     for n in names {
         let mut found = None;
         if kind.is_none_or(|k| k == "container") {
@@ -695,20 +689,11 @@ pub async fn inspect(
                 found = Some(serde_json::to_value(v).unwrap_or_default());
             }
         }
-        match found {
-            Some(v) => out.push(v),
-            None => {
-                eprintln!("Error: no such object: {n}");
-                failed = true;
-            }
-        }
+        let found = found.ok_or_else(|| Error::NoSuchObject(n.clone()));
+        out.extend(failures.check(found));
     }
     super::images::print_inspect(&out, fmt)?;
-    if failed {
-        Err(Error::Exit(1))
-    } else {
-        Ok(())
-    }
+    failures.finish()
 }
 
 pub async fn top(ctx: &Context, name: &str) -> Result<()> {
@@ -766,7 +751,7 @@ pub async fn top(ctx: &Context, name: &str) -> Result<()> {
 }
 
 pub async fn wait(ctx: &Context, names: &[String]) -> Result<()> {
-    let mut failed = false;
+    let mut failures = Failures::default();
     for n in names {
         let r = async {
             let c = containers::find(&ctx.client, n).await?;
@@ -787,19 +772,11 @@ pub async fn wait(ctx: &Context, names: &[String]) -> Result<()> {
             }
         }
         .await;
-        match r {
-            Ok(code) => println!("{code}"),
-            Err(e) => {
-                eprintln!("Error: {e}");
-                failed = true;
-            }
+        if let Some(code) = failures.check(r) {
+            println!("{code}");
         }
     }
-    if failed {
-        Err(Error::Exit(1))
-    } else {
-        Ok(())
-    }
+    failures.finish()
 }
 
 pub async fn port(ctx: &Context, name: &str) -> Result<()> {

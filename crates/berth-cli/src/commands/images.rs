@@ -28,8 +28,9 @@ use crate::reference::{familiar_name, Reference};
 use crate::transfer;
 use crate::Context;
 
-/// `berth pull`: per-layer progress (unless quiet), then Docker's summary lines.
-pub async fn pull_with_progress(ctx: &Context, r: &Reference, quiet: bool) -> Result<()> {
+/// `berth pull`: per-layer progress (unless quiet), then Docker's summary lines; returns
+/// the image record pulled.
+pub async fn pull_with_progress(ctx: &Context, r: &Reference, quiet: bool) -> Result<Image> {
     let mut display = Display::new(false);
     if !quiet {
         let what = r
@@ -68,7 +69,7 @@ pub async fn pull_with_progress(ctx: &Context, r: &Reference, quiet: bool) -> Re
             eprintln!("Status: Downloaded newer image for {}", r.familiar());
         }
     }
-    Ok(())
+    Ok(after)
 }
 
 pub async fn pull(ctx: &Context, name: &str, quiet: bool) -> Result<()> {
@@ -151,21 +152,14 @@ pub async fn image_json(ctx: &Context, img: &Image) -> Result<Value> {
 
 pub async fn inspect_images(ctx: &Context, names: &[String], fmt: Option<&str>) -> Result<()> {
     let mut out = Vec::new();
-    let mut missing = None;
+    let mut failures = super::Failures::default();
     for n in names {
-        match image::find(&ctx.client, n).await {
-            Ok(i) => out.push(image_json(ctx, &i).await?),
-            Err(e) => {
-                eprintln!("Error: {e}");
-                missing = Some(e);
-            }
+        if let Some(i) = failures.check(image::find(&ctx.client, n).await) {
+            out.push(image_json(ctx, &i).await?);
         }
     }
     print_inspect(&out, fmt)?;
-    match missing {
-        Some(_) => Err(Error::Exit(1)),
-        None => Ok(()),
-    }
+    failures.finish()
 }
 
 pub fn print_inspect(items: &[Value], fmt: Option<&str>) -> Result<()> {
@@ -266,18 +260,11 @@ pub async fn images(ctx: &Context, a: &ImagesArgs) -> Result<()> {
 /// `berth rmi`: by name untags (the last name deletes); by id removes every name of it
 /// (with `-f` when there are several). An image a container uses is refused without `-f`.
 pub async fn rmi(ctx: &Context, names: &[String], force: bool) -> Result<()> {
-    let mut failed = false;
+    let mut failures = super::Failures::default();
     for n in names {
-        if let Err(e) = rmi_one(ctx, n, force).await {
-            eprintln!("Error: {e}");
-            failed = true;
-        }
+        failures.check(rmi_one(ctx, n, force).await);
     }
-    if failed {
-        Err(Error::Exit(1))
-    } else {
-        Ok(())
-    }
+    failures.finish()
 }
 
 async fn rmi_one(ctx: &Context, name: &str, force: bool) -> Result<()> {

@@ -7,8 +7,35 @@ pub mod networks;
 pub mod system;
 
 use crate::cli::{Command as C, ImageCommand as I, SystemCommand as S};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::Context;
+
+/// Docker's way with several objects: each one's error is printed as it comes, the others
+/// still go ahead, and the command exits 1 if any failed.
+#[derive(Default)]
+pub(crate) struct Failures(bool);
+
+impl Failures {
+    /// The value, or None once the error is printed.
+    pub(crate) fn check<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                self.0 = true;
+                None
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.0 {
+            Err(Error::Exit(1))
+        } else {
+            Ok(())
+        }
+    }
+}
 
 pub async fn run(ctx: &Context, command: C) -> Result<()> {
     match command {

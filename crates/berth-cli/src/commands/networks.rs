@@ -55,7 +55,7 @@ pub async fn network(ctx: &Context, cmd: &NetworkCommand) -> Result<()> {
             let n = nets.create(name, subnet.as_deref(), labels(label))?;
             println!("{}", n.id);
         }
-        NetworkCommand::Ls { quiet, format: fmt } => {
+        NetworkCommand::Ls(crate::cli::LsArgs { quiet, format: fmt }) => {
             let list = nets.list()?;
             if *quiet {
                 for n in &list {
@@ -99,7 +99,7 @@ pub async fn network(ctx: &Context, cmd: &NetworkCommand) -> Result<()> {
         }
         NetworkCommand::Rm { networks } => {
             let all = crate::containers::list(&ctx.client).await?;
-            let mut failed = false;
+            let mut failures = super::Failures::default();
             for n in networks {
                 let r = nets.get(n).and_then(|info| {
                     let users = Networks::users(&info.name, &all);
@@ -111,17 +111,11 @@ pub async fn network(ctx: &Context, cmd: &NetworkCommand) -> Result<()> {
                     }
                     nets.remove(&info.name)
                 });
-                match r {
-                    Ok(()) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("Error: {e}");
-                        failed = true;
-                    }
+                if failures.check(r).is_some() {
+                    println!("{n}");
                 }
             }
-            if failed {
-                return Err(Error::Exit(1));
-            }
+            failures.finish()?;
         }
         NetworkCommand::Prune { .. } => {
             let all = crate::containers::list(&ctx.client).await?;
@@ -162,7 +156,7 @@ pub async fn volume(ctx: &Context, cmd: &VolumeCommand) -> Result<()> {
             let v = vols.create(&name, labels(label))?;
             println!("{}", v.name);
         }
-        VolumeCommand::Ls { quiet, format: fmt } => {
+        VolumeCommand::Ls(crate::cli::LsArgs { quiet, format: fmt }) => {
             let list = vols.list()?;
             if *quiet {
                 for v in &list {
@@ -195,7 +189,7 @@ pub async fn volume(ctx: &Context, cmd: &VolumeCommand) -> Result<()> {
         }
         VolumeCommand::Rm { force, volumes } => {
             let used = in_use().await?;
-            let mut failed = false;
+            let mut failures = super::Failures::default();
             for v in volumes {
                 let r = match used.iter().find(|(n, _)| n == v) {
                     Some((_, c)) if !force => Err(Error::Conflict(format!(
@@ -203,17 +197,11 @@ pub async fn volume(ctx: &Context, cmd: &VolumeCommand) -> Result<()> {
                     ))),
                     _ => vols.remove(v),
                 };
-                match r {
-                    Ok(()) => println!("{v}"),
-                    Err(e) => {
-                        eprintln!("Error: {e}");
-                        failed = true;
-                    }
+                if failures.check(r).is_some() {
+                    println!("{v}");
                 }
             }
-            if failed {
-                return Err(Error::Exit(1));
-            }
+            failures.finish()?;
         }
         VolumeCommand::Prune { .. } => {
             let used = in_use().await?;
