@@ -713,3 +713,78 @@ fn root_unknown_tasks_are_not_found_and_create_twice_already_exists() {
     d.ctr_ok(ns, &["task", "rm", "dup-1"]);
     d.ctr_ok(ns, &["containers", "rm", "dup-1"]);
 }
+
+/// containerd's restart monitor labels, set by Debian's ctr as nerdctl sets them: berthd
+/// restarts the task with its output to the log path, and leaves it stopped once the
+/// status label says so.
+#[test]
+fn root_restart_labels_keep_a_ctr_container_running_until_marked_stopped() {
+    let reg = Registry::start();
+    let (d, img) = berthd_with_busybox(&reg, "default");
+    let log = d.dir.path().join("restarted.log");
+    d.ctr_ok(
+        "default",
+        &[
+            "run",
+            "-d",
+            "--label",
+            "containerd.io/restart.status=running",
+            "--label",
+            "containerd.io/restart.policy=always",
+            "--label",
+            &format!("containerd.io/restart.logpath={}", log.display()),
+            &img,
+            "again",
+            "sh",
+            "-c",
+            "echo up; sleep 0.3; exit 2",
+        ],
+    );
+    let start = Instant::now();
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("up")
+        .count()
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not restarted twice:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info = d.ctr_ok("default", &["containers", "info", "again"]);
+    assert!(info.contains("containerd.io/restart.count"), "{info}");
+    d.ctr_ok(
+        "default",
+        &[
+            "containers",
+            "label",
+            "again",
+            "containerd.io/restart.status=stopped",
+        ],
+    );
+    // The current run ends by itself (exit 2) and is not started again.
+    let start = Instant::now();
+    while status_of(&d, "default", "again").as_deref() != Some("STOPPED") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            d.ctr_ok("default", &["task", "ls"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = std::fs::read_to_string(&log).unwrap().matches("up").count();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        status_of(&d, "default", "again").as_deref(),
+        Some("STOPPED")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().matches("up").count(),
+        lines
+    );
+    d.ctr_ok("default", &["task", "rm", "again"]);
+    d.ctr_ok("default", &["containers", "rm", "again"]);
+}
