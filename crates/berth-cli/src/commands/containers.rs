@@ -336,20 +336,30 @@ pub async fn logs(ctx: &Context, a: &LogsArgs) -> Result<()> {
         timestamps: a.timestamps,
     };
     let follow = a.follow;
-    let (client, id) = (ctx.client.clone(), c.id.clone());
-    let rt = tokio::runtime::Handle::current();
+    // Followed until the container exits (or berthd goes away), as one Wait says.
+    let exited = std::sync::Arc::new(logs::Exited::default());
+    if follow && State::of(containers::task(&ctx.client, &c.id).await?.as_ref()).is_running() {
+        let (client, id, exited) = (ctx.client.clone(), c.id.clone(), exited.clone());
+        tokio::spawn(async move {
+            let _ = client
+                .tasks()
+                .wait(client.req(WaitRequest {
+                    container_id: id,
+                    exec_id: String::new(),
+                }))
+                .await;
+            exited.set();
+        });
+    } else {
+        exited.set();
+    }
     tokio::task::spawn_blocking(move || {
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
         let offset = logs::print(&log, &opts, &mut out, &mut err)?;
         if !follow {
             return Ok(());
         }
-        let keep_going = |d| {
-            std::thread::sleep(d);
-            rt.block_on(containers::task(&client, &id))
-                .map(|t| State::of(t.as_ref()).is_running())
-                .unwrap_or(false)
-        };
+        let keep_going = |d| exited.still_running(d);
         logs::follow(
             &log,
             offset,
