@@ -12,10 +12,10 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 rounds=${1:-3}
 batch=${2:-5}
-cargo build --release --locked -p berthd -p berth-cli -p containerd-shim-berth-v2 >/dev/null
-berthd_bin=$PWD/target/release/berthd
-berth_bin=$PWD/target/release/berth
-export PATH=$PWD/target/release:$PATH
+build_release
+berthd_bin=$release/berthd
+berth_bin=$release/berth
+export PATH=$release:$PATH
 work=/tmp/berth-bench-cli
 bench_cgroups="default moby"
 cleanup() {

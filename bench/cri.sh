@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 rounds=${1:-3}
 pods=${PODS:-50}  # PODS and DAEMONS (e.g. "berthd") narrow a run while developing
-cargo build --release --locked -p berthd >/dev/null
+build_release
 cargo build --release --locked -p berth-e2e --example cri_pods >/dev/null
-berthd_bin=$PWD/target/release/berthd
-client=$PWD/target/release/examples/cri_pods
+berthd_bin=$release/berthd
+client=$release/examples/cri_pods
 work=/tmp/berth-bench-cri
 parent=/berth-bench-cri
 bench_cgroups=${parent#/}

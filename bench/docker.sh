@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 runs=${1:-5}
 batch=${2:-5}
-cargo build --release --locked -p berthd >/dev/null
-berthd_bin=$PWD/target/release/berthd
+build_release
+berthd_bin=$release/berthd
 work=/tmp/berth-bench-docker
 bench_cgroups=docker
 cleanup() {

@@ -7,10 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-cargo build --release --locked -p berthd >/dev/null
+build_release
 cargo build --release --locked -p berth-e2e --example transfer_pull >/dev/null
-berthd_bin=$PWD/target/release/berthd
-client=$PWD/target/release/examples/transfer_pull
+berthd_bin=$release/berthd
+client=$release/examples/transfer_pull
 work=/tmp/berth-bench-mem
 bench_cgroups=mem
 trap cleanup_work EXIT
@@ -22,7 +22,7 @@ busybox_layout sh true
 skopeo copy --quiet "oci:$work/oci:latest" "oci-archive:$work/bb.tar:bench/busybox:latest"
 
 settle() { sleep 8; } # past berthd's trim and blocking-thread keep-alive
-for daemon in berthd containerd; do
+for daemon in ${DAEMONS:-berthd containerd}; do
   start_one "$daemon"
   pull() { if [[ $daemon == berthd ]]; then "$client" "$one_sock" "$1" >/dev/null; else ctr -a "$one_sock" images pull --plain-http "$1" >/dev/null; fi; }
   settle; echo "$daemon start: $(rss_detail "$one_pid")"

@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 runs=${1:-5}
-cargo build --release --locked -p berthd >/dev/null
+build_release
 cargo build --release --locked -p berth-e2e --example transfer_pull --example latency_proxy >/dev/null
-berthd_bin=$PWD/target/release/berthd
-client=$PWD/target/release/examples/transfer_pull
+berthd_bin=$release/berthd
+client=$release/examples/transfer_pull
 work=/tmp/berth-bench-xfer
 trap cleanup_work EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=8g tmpfs "$work"
@@ -37,7 +37,7 @@ ctrd_pull() {
 skopeo_pull() { secs skopeo copy --quiet --src-tls-verify=false "docker://$1" "oci:$work/skopeo:latest"; rm -rf "$work/skopeo"; }
 
 # The same images through a proxy that adds 50 ms to every request.
-"$PWD/target/release/examples/latency_proxy" "$reg" 50 > "$work/proxy.addr" & proxy_pid=$!
+"$release/examples/latency_proxy" "$reg" 50 > "$work/proxy.addr" & proxy_pid=$!
 for _ in $(seq 100); do [[ -s $work/proxy.addr ]] && break; sleep 0.1; done
 slow=$(cat "$work/proxy.addr")
 

@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 runs=${1:-5}
-cargo build --release --locked -p berthd >/dev/null
-berthd_bin=$PWD/target/release/berthd
+build_release
+berthd_bin=$release/berthd
 work=/tmp/berth-bench
 trap cleanup_work EXIT
 mkdir -p "$work" && mount -t tmpfs -o size=6g tmpfs "$work"

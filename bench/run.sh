@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 runs=${1:-20}
 idle=${IDLE:-50}
-cargo build --release --locked -p berthd >/dev/null
-berthd_bin=$PWD/target/release/berthd
+build_release
+berthd_bin=$release/berthd
 work=/tmp/berth-bench-run
 b_ns=bench-berth
 c_ns=bench-containerd

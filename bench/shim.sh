@@ -12,10 +12,10 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 runs=${1:-20}
 execs=${EXECS:-10000}
-cargo build --release --locked -p berthd -p containerd-shim-berth-v2 >/dev/null
+build_release
 cargo build --release --locked -p berth-e2e --example execs >/dev/null
-berthd_bin=$PWD/target/release/berthd
-execs_bin=$PWD/target/release/examples/execs
+berthd_bin=$release/berthd
+execs_bin=$release/examples/execs
 work=/tmp/berth-bench-shim
 ns=bench-shim
 bench_cgroups=$ns

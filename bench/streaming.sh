@@ -12,10 +12,10 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 rounds=${1:-3}
 execs=${2:-50}
-cargo build --release --locked -p berthd >/dev/null
+build_release
 cargo build --release --locked -p berth-e2e --example cri_pods >/dev/null
-berthd_bin=$PWD/target/release/berthd
-client=$PWD/target/release/examples/cri_pods
+berthd_bin=$release/berthd
+client=$release/examples/cri_pods
 work=/tmp/berth-bench-stream
 bench_cgroups=k8s.io
 trap cri_cleanup EXIT

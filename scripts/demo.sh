@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --locked
+release=./target/x86_64-unknown-linux-gnu/release # .cargo/config.toml names the target
 work=$(mktemp -d)
 cleanup() {
   [[ -n "${berthd_pid:-}" ]] && kill "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null
@@ -27,7 +28,7 @@ for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; s
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:latest" "docker://127.0.0.1:$port/busybox:latest"
 
 # berthd with its defaults: --root /var/lib/berth --state /run/berth --address /run/berth/berth.sock
-./target/release/berthd & berthd_pid=$!
+$release/berthd & berthd_pid=$!
 for _ in $(seq 100); do [[ -S /run/berth/berth.sock ]] && break; sleep 0.1; done
 ctr -a /run/berth/berth.sock version
 ctr -a /run/berth/berth.sock images pull --plain-http "127.0.0.1:$port/busybox:latest"
@@ -37,6 +38,6 @@ ctr -a /run/berth/berth.sock snapshots ls
 ctr -a /run/berth/berth.sock run --runtime io.containerd.berth.v2 --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r), made by berth shim"'
 ctr -a /run/berth/berth.sock run --rm "127.0.0.1:$port/busybox:latest" berth-demo sh -c 'echo "hello from a berth container on $(uname -r), made by runc"'
 # The same as a docker user does it, with berth's own command line (default address).
-./target/release/berth pull "127.0.0.1:$port/busybox:latest"
-./target/release/berth run --rm --network none "127.0.0.1:$port/busybox:latest" sh -c 'echo "hello from berth run on $(uname -r)"'
-./target/release/berth images
+$release/berth pull "127.0.0.1:$port/busybox:latest"
+$release/berth run --rm --network none "127.0.0.1:$port/busybox:latest" sh -c 'echo "hello from berth run on $(uname -r)"'
+$release/berth images
