@@ -5,9 +5,10 @@
 //! libcontainer forks with a raw `clone3` and runs ordinary Rust (allocation, logging) in the
 //! child before `execve`, and changes the process's working directory while it works: both are
 //! safe only in a process that has a single thread. So this runs in a short-lived process of
-//! its own, one operation each, which the shim starts by executing its own binary: fresh,
-//! single-threaded, and gone before the shim's next request. Because the interface is runc's,
-//! the shim drives this and runc or crun the same way.
+//! its own, one operation each: the `berth-container` binary beside the shim, fresh,
+//! single-threaded, and gone before the shim's next request. It is a binary of its own rather
+//! than a mode of the shim's so that the resident shim maps none of this code. Because the
+//! interface is runc's, the shim drives this and runc or crun the same way.
 
 mod args;
 mod ops;
@@ -16,18 +17,17 @@ pub use args::{Command, Globals, Invocation, ParseError};
 
 use std::{ffi::OsString, io::Write, path::Path};
 
-/// The first argument that selects this mode in a binary that is also something else (the
-/// shim): `containerd-shim-berth-v2 oci-runtime --root R create ...`.
-pub const MODE_ARG: &str = "oci-runtime";
+/// The name of the binary that runs this (`berth-container --root R create ...`).
+pub const BINARY_NAME: &str = "berth-container";
 
-/// Runs one runtime command from its arguments (those after [`MODE_ARG`]) and returns the
+/// Runs one runtime command from its arguments (those after the program name) and returns the
 /// process exit code. Errors go to stderr and, as runc does with `--log-format json`, as a
 /// JSON line with `"level":"error"` to the `--log` file, where the shim reads them.
 pub fn main(args: &[OsString]) -> i32 {
     let invocation = match Invocation::parse(args) {
         Ok(invocation) => invocation,
         Err(e) => {
-            eprintln!("berth oci-runtime: {e}");
+            eprintln!("{BINARY_NAME}: {e}");
             return 2;
         }
     };
@@ -53,7 +53,7 @@ pub fn main(args: &[OsString]) -> i32 {
                 }
                 write_error_log(log, &message);
             }
-            eprintln!("berth oci-runtime: {message}");
+            eprintln!("{BINARY_NAME}: {message}");
             1
         }
     }
@@ -123,35 +123,9 @@ fn write_error_log(log: &Path, message: &str) {
     }
 }
 
-/// The last error a runtime wrote to its JSON log (`--log F --log-format json`), which is
-/// what runc, crun and this runtime say went wrong.
-pub fn last_error_in_log(log: &str) -> Option<String> {
-    log.lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
-        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn last_error_is_the_last_error_line() {
-        let log = concat!(
-            "{\"level\":\"info\",\"msg\":\"starting\"}\n",
-            "{\"level\":\"error\",\"msg\":\"first\"}\n",
-            "not json\n",
-            "{\"level\":\"error\",\"msg\":\"mount /proc: permission denied\"}\n",
-            "{\"level\":\"warning\",\"msg\":\"late\"}\n",
-        );
-        assert_eq!(
-            last_error_in_log(log).as_deref(),
-            Some("mount /proc: permission denied")
-        );
-        assert_eq!(last_error_in_log("{\"level\":\"info\"}"), None);
-    }
 
     #[test]
     fn the_first_traced_error_is_the_cause() {
@@ -177,11 +151,13 @@ mod tests {
         write_error_log(&log, "container \"a\" already exists");
         write_error_log(&log, "bad \"quote\"\nand newline");
         let text = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(text.lines().count(), 2);
-        assert_eq!(
-            last_error_in_log(&text).as_deref(),
-            Some("bad \"quote\"\nand newline")
-        );
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["level"], "error");
+        assert_eq!(lines[1]["msg"], "bad \"quote\"\nand newline");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

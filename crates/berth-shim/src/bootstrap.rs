@@ -50,9 +50,6 @@ const SERVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The whole binary: returns its exit code.
 pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == berth_container::MODE_ARG) {
-        return berth_container::main(&args[2..]);
-    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
         Err(e) => {

@@ -1,8 +1,9 @@
 //! The OCI runtime a container is made with, driven through runc's command line: berth's own
-//! (this binary in `oci-runtime` mode, libcontainer in a fresh single-threaded process) by
-//! default, or a runc-compatible binary named by the runtime options' `BinaryName`.
+//! (`berth-container`, libcontainer in a fresh single-threaded process) by default, or a
+//! runc-compatible binary named by the runtime options' `BinaryName`.
 
 use std::{
+    ffi::OsString,
     fs::File,
     io::{Read, Seek, SeekFrom},
     os::fd::OwnedFd,
@@ -22,6 +23,8 @@ const STATE_DIR: &str = "runtime-state";
 const LOG_FILE: &str = "log.json";
 /// What the shim remembers of the options in the bundle, for `delete` after a crash.
 const OPTIONS_FILE: &str = "options.json";
+/// berth's own OCI runtime, looked for beside the shim's binary and then on PATH.
+const OWN_RUNTIME: &str = "berth-container";
 
 /// The runtime options containerd passes (`containerd.runc.v1.Options`) that choose and
 /// configure the runtime.
@@ -74,7 +77,7 @@ pub struct InvocationStdio {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     binary: PathBuf,
-    /// This binary, run in its `oci-runtime` mode.
+    /// berth's own runtime rather than one the options named.
     own: bool,
     root: PathBuf,
     log: PathBuf,
@@ -90,9 +93,7 @@ impl Runtime {
         reaper: Arc<Reaper>,
     ) -> Result<Self, Error> {
         let (binary, own) = if options.binary_name.is_empty() {
-            let exe = std::env::current_exe()
-                .map_err(|e| Error::io("find", Path::new("/proc/self/exe"), e))?;
-            (exe, true)
+            (own_runtime()?, true)
         } else {
             (find_binary(&options.binary_name)?, false)
         };
@@ -111,10 +112,10 @@ impl Runtime {
         })
     }
 
-    /// The runtime's name for errors: `berth` or the binary's path.
+    /// The runtime's name for errors: `berth-container` or the binary's path.
     pub fn name(&self) -> String {
         if self.own {
-            "berth oci-runtime".into()
+            OWN_RUNTIME.into()
         } else {
             self.binary.display().to_string()
         }
@@ -122,9 +123,6 @@ impl Runtime {
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
-        if self.own {
-            c.arg(berth_container::MODE_ARG);
-        }
         c.arg("--root")
             .arg(&self.root)
             .arg("--log")
@@ -176,7 +174,7 @@ impl Runtime {
         f.seek(SeekFrom::Start(from)).ok()?;
         let mut text = String::new();
         f.read_to_string(&mut text).ok()?;
-        berth_container::last_error_in_log(&text)
+        last_error_in_log(&text)
     }
 
     /// Creates the container; its init waits for `start`. Returns the init's pid.
@@ -288,6 +286,36 @@ fn read_pid(path: &Path) -> Result<i32, Error> {
 }
 
 /// A runtime binary by path or by name on PATH.
+/// The last error a runtime wrote to its JSON log (`--log F --log-format json`), which is
+/// what runc, crun and berth-container say went wrong.
+fn last_error_in_log(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+}
+
+/// `berth-container` beside this binary (where it is built and installed), else on PATH.
+fn own_runtime() -> Result<PathBuf, Error> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("find", Path::new("/proc/self/exe"), e))?;
+    own_runtime_for(&exe, std::env::var_os("PATH"))
+}
+
+fn own_runtime_for(exe: &Path, path: Option<OsString>) -> Result<PathBuf, Error> {
+    let beside = exe.with_file_name(OWN_RUNTIME);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    on_path(OWN_RUNTIME, path).ok_or_else(|| {
+        Error::NotFound(format!(
+            "berth's OCI runtime {OWN_RUNTIME:?} not found beside {} or in PATH",
+            exe.display()
+        ))
+    })
+}
+
 fn find_binary(name: &str) -> Result<PathBuf, Error> {
     let candidate = Path::new(name);
     if candidate.is_absolute() {
@@ -297,17 +325,62 @@ fn find_binary(name: &str) -> Result<PathBuf, Error> {
             Err(Error::NotFound(format!("runtime binary {name} not found")))
         };
     }
-    let path = std::env::var_os("PATH")
+    on_path(name, std::env::var_os("PATH"))
+        .ok_or_else(|| Error::NotFound(format!("runtime binary {name:?} not found in PATH")))
+}
+
+/// The first file called `name` in the directories of `path` (a default PATH when unset).
+fn on_path(name: &str, path: Option<OsString>) -> Option<PathBuf> {
+    let path = path
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| Error::NotFound(format!("runtime binary {name:?} not found in PATH")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_error_is_the_last_error_line() {
+        let log = concat!(
+            "{\"level\":\"info\",\"msg\":\"starting\"}\n",
+            "{\"level\":\"error\",\"msg\":\"first\"}\n",
+            "not json\n",
+            "{\"level\":\"error\",\"msg\":\"mount /proc: permission denied\"}\n",
+            "{\"level\":\"warning\",\"msg\":\"late\"}\n",
+        );
+        assert_eq!(
+            last_error_in_log(log).as_deref(),
+            Some("mount /proc: permission denied")
+        );
+        assert_eq!(last_error_in_log("{\"level\":\"info\"}"), None);
+    }
+
+    #[test]
+    fn berths_runtime_is_found_beside_the_shim_then_on_path_and_named_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, elsewhere) = (dir.path().join("bin"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let shim = bin.join("containerd-shim-berth-v2");
+        let path = Some(OsString::from(elsewhere.as_os_str()));
+        let e = own_runtime_for(&shim, path.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"berth-container\" not found beside") && e.contains("bin"),
+            "{e}"
+        );
+        std::fs::write(elsewhere.join(OWN_RUNTIME), "").unwrap();
+        assert_eq!(
+            own_runtime_for(&shim, path.clone()).unwrap(),
+            elsewhere.join(OWN_RUNTIME)
+        );
+        std::fs::write(bin.join(OWN_RUNTIME), "").unwrap();
+        assert_eq!(own_runtime_for(&shim, path).unwrap(), bin.join(OWN_RUNTIME));
+    }
 
     #[test]
     fn options_round_trip_through_the_bundle() {
