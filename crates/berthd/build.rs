@@ -1,5 +1,11 @@
-//! Packed relative relocations (DT_RELR, glibc 2.36+): the loader reads a few KiB of
-//! relocations instead of hundreds, which then no longer stay resident in the daemon.
+//! The code a running daemon executes laid out together (scripts/layout.sh makes `hot.order`),
+//! so that it maps little more of its binary than that.
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    let order = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot.order");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        order.display()
+    );
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }

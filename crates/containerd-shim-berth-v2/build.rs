@@ -1,6 +1,11 @@
-//! Packed relative relocations (DT_RELR, glibc 2.36+): a position-independent shim's loader
-//! then reads a few KiB of relocations instead of hundreds, in every shim and every runtime
-//! call, and keeps less of the binary resident.
+//! The code a serving shim executes laid out together (scripts/layout.sh makes `hot.order`),
+//! so that an idle shim maps little more of its binary than that.
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    let order = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot.order");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        order.display()
+    );
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
