@@ -92,8 +92,19 @@ impl Runtime {
         options: &RuntimeOptions,
         reaper: Arc<Reaper>,
     ) -> Result<Self, Error> {
+        Self::with_own_runtime(bundle, namespace, options, reaper, own_runtime)
+    }
+
+    /// As `new`, with `own` finding berth's runtime when the options name none.
+    fn with_own_runtime(
+        bundle: &Path,
+        namespace: &str,
+        options: &RuntimeOptions,
+        reaper: Arc<Reaper>,
+        own: impl FnOnce() -> Result<PathBuf, Error>,
+    ) -> Result<Self, Error> {
         let (binary, own) = if options.binary_name.is_empty() {
-            (own_runtime()?, true)
+            (own()?, true)
         } else {
             (find_binary(&options.binary_name)?, false)
         };
@@ -398,15 +409,17 @@ mod tests {
     #[test]
     fn runtime_state_goes_in_the_bundle_unless_a_root_is_given() {
         let reaper = Reaper::new();
-        let r = Runtime::new(
+        let r = Runtime::with_own_runtime(
             Path::new("/b"),
             "ns",
             &RuntimeOptions::default(),
             reaper.clone(),
+            || Ok(PathBuf::from("/bin/berth-container")),
         )
         .unwrap();
         assert_eq!(r.root, Path::new("/b/runtime-state"));
         assert!(r.own);
+        assert_eq!(r.binary, Path::new("/bin/berth-container"));
         let r = Runtime::new(
             Path::new("/b"),
             "ns",
