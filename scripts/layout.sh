@@ -11,7 +11,8 @@
 # Which functions run is read from a uprobe on every function of both binaries (tracefs),
 # through their everyday work: the shim through one container's life (run -d, idle, an
 # exec, kill, delete; what it ran up to idle goes first), berthd through that and CRI pulls
-# and pods, ctr pull, import, runs through both shims, listings and removal. A second,
+# and pods, ctr's and the Transfer API's pulls, import, runs through both shims, listings
+# and removal. A second,
 # native pass adds what uprobes cannot probe (glibc's AVX-512 string functions among them):
 # the functions on pages a shim touched, seen with readahead off and a cold page cache.
 # Usage: bash scripts/layout.sh   (root, python3, scripts/install-deps.sh; no other uprobes;
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release
-cargo build --release --locked -p berth-e2e --example cri_pods >/dev/null
+cargo build --release --locked -p berth-e2e --example cri_pods --example transfer_pull >/dev/null
 shim=$release/containerd-shim-berth-v2
 daemon=$release/berthd
 client=$release/examples/cri_pods
@@ -54,6 +55,8 @@ daemon_life() {
   "$client" start "$one_sock" "$image" 2 1 "$work/logs" "$parent" l >/dev/null
   "$client" teardown "$one_sock" >/dev/null
   C images pull --plain-http "$image" >/dev/null
+  C images rm --sync "$image" >/dev/null
+  "$release/examples/transfer_pull" "$one_sock" "$image" >/dev/null
   C images import "$work/bb.tar" >/dev/null
   C run --rm layout/busybox:latest r1 true
   C run --rm --runtime io.containerd.berth.v2 layout/busybox:latest r2 true
