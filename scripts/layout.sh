@@ -61,7 +61,7 @@ daemon_life() {
   C run --rm layout/busybox:latest r1 true
   C run --rm --runtime io.containerd.berth.v2 layout/busybox:latest r2 true
   C containers ls >/dev/null; C snapshots ls >/dev/null; C content ls >/dev/null; C tasks ls >/dev/null
-  C images rm --sync "$image" layout/busybox:latest >/dev/null
+  C images rm --sync layout/busybox:latest >/dev/null
   stop_one
 }
 
