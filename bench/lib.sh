@@ -4,7 +4,7 @@
 # Where release binaries are built (.cargo/config.toml names the target).
 release=$PWD/target/x86_64-unknown-linux-gnu/release
 # The release binaries, always as the whole workspace: a narrower build resolves features
-# differently, which renames symbols, and the shim's hot.order names the workspace build's.
+# differently, which renames symbols, and the hot.order files name the workspace build's.
 build_release() { cargo build --release --locked >/dev/null; }
 
 # containerd's configuration on $work with the CRI plugin off, so that both daemons serve

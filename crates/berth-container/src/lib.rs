@@ -18,7 +18,7 @@ pub use args::{Command, Globals, Invocation, ParseError};
 use std::{ffi::OsString, io::Write, path::Path};
 
 /// The name of the binary that runs this (`berth-container --root R create ...`).
-pub const BINARY_NAME: &str = "berth-container";
+const BINARY_NAME: &str = "berth-container";
 
 /// Runs one runtime command from its arguments (those after the program name) and returns the
 /// process exit code. Errors go to stderr and, as runc does with `--log-format json`, as a

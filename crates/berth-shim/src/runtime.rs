@@ -296,7 +296,6 @@ fn read_pid(path: &Path) -> Result<i32, Error> {
         })
 }
 
-/// A runtime binary by path or by name on PATH.
 /// The last error a runtime wrote to its JSON log (`--log F --log-format json`), which is
 /// what runc, crun and berth-container say went wrong.
 fn last_error_in_log(log: &str) -> Option<String> {
@@ -327,6 +326,7 @@ fn own_runtime_for(exe: &Path, path: Option<OsString>) -> Result<PathBuf, Error>
     })
 }
 
+/// A runtime binary by path or by name on PATH.
 fn find_binary(name: &str) -> Result<PathBuf, Error> {
     let candidate = Path::new(name);
     if candidate.is_absolute() {
