@@ -181,7 +181,7 @@ pub struct NamespaceRecord {
 }
 
 /// Bytes of metadata pages redb keeps in memory.
-const METADATA_CACHE: usize = 2 << 20;
+const METADATA_CACHE: usize = 512 << 10;
 
 pub struct MetaStore {
     db: Database,

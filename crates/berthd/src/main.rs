@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+mod memory;
 mod pause;
 mod publish;
 
@@ -247,34 +248,15 @@ fn listen(address: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// A resident daemon gives memory back: glibc's allocator is kept to two arenas (one per
-/// thread otherwise, each holding on to what a pull freed), large buffers come from
-/// mmap and go back on free, and free heap is trimmed regularly.
-fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
-    }
-}
-
-/// Returns the heap's free memory to the system every few seconds.
-async fn trim_memory() {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        // SAFETY: malloc_trim takes the allocator's own locks; it touches no Rust object.
-        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-    }
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(Command::Pause) = args.command {
         return pause::run();
     }
-    tune_allocator();
+    if args.command.is_none() {
+        memory::without_thread_caches();
+    }
+    memory::tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking threads (layer writers and appliers) go soon after the work is done,
@@ -357,7 +339,7 @@ async fn run(mut args: Args) -> Result<()> {
         s.gc_interval,
     );
     gc.schedule(); // reconcile what a crash may have left: stale dirs, unreferenced blobs
-    tokio::spawn(trim_memory());
+    tokio::spawn(memory::trim_memory());
     let uuid = meta
         .stable_value("server-uuid", || uuid::Uuid::new_v4().to_string())
         .context("server uuid")?;
