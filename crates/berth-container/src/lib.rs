@@ -12,6 +12,7 @@
 
 mod args;
 mod ops;
+mod warm;
 
 pub use args::{Command, Globals, Invocation, ParseError};
 
