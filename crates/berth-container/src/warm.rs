@@ -84,12 +84,13 @@ fn own_procs_file(cgroups: &str, mountinfo: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    const MOUNTINFO: &str = "\
-25 30 0:23 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
-30 25 0:28 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
-31 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,cpu,cpuacct
-";
+    // A hybrid host: cgroup v1 controllers beside the unified hierarchy.
+    const MOUNTINFO: &str = concat!(
+        "22 27 0:21 / /proc rw,relatime - proc proc rw\n",
+        "40 33 0:35 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n",
+        "41 33 0:36 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n",
+        "42 33 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n",
+    );
 
     #[test]
     fn own_procs_file_in_the_first_v1_controller_else_in_v2() {
