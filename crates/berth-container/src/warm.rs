@@ -5,8 +5,9 @@
 //! find the lock ready. So before libcontainer starts, a child process moves itself into the
 //! cgroup it is already in (which changes nothing): the grace period passes while
 //! libcontainer reads the config and prepares, and its moves of the container's processes
-//! go through at once. Measured on a create alone: 10–21 ms against 18–30 ms. Any failure is
-//! ignored: this only saves time.
+//! go through at once. Measured: creates alone with the same no-op move made by a shell
+//! just before each, 10–21 ms against 18–30 ms; whole `ctr run --rm`s, median 54.7 against
+//! 57.8 ms. Any failure is ignored: this only saves time.
 
 use std::path::PathBuf;
 
