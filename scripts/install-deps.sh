@@ -5,9 +5,10 @@
 # umoci and skopeo for building and comparing images, htpasswd (apache2-utils) for an
 # authenticating test registry, openssl for a test CA, procps (pgrep), CNI plugins, and
 # docker.io (Docker's daemon, a real client of the containerd API), iproute2 and tmux
-# (the berth command line's bridge removal and its terminal test).
+# (the berth command line's bridge removal and its terminal test), and binutils (nm, which
+# scripts/link-hot-order.sh reads the linked binaries with).
 set -euo pipefail
-pkgs=(protobuf-compiler libseccomp-dev pkg-config bc apache2-utils openssl procps iproute2 tmux containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins iptables docker.io)
+pkgs=(binutils protobuf-compiler libseccomp-dev pkg-config bc apache2-utils openssl procps iproute2 tmux containerd runc crun docker-registry busybox-static umoci skopeo containernetworking-plugins iptables docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
