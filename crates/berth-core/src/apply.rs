@@ -46,15 +46,54 @@ pub struct Applied {
 
 /// Wraps a layer stream in the decompressor its first bytes call for.
 pub fn decompress<'a>(r: impl Read + Send + 'a) -> Result<Box<dyn Read + Send + 'a>> {
-    let mut br = BufReader::with_capacity(1 << 20, r);
-    let head = br.fill_buf().map_err(Error::io("read", "layer"))?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(br))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(br).map_err(Error::io("zstd", "layer"))?)
-    } else {
-        Box::new(br)
-    })
+    decompress_buffered(BufReader::with_capacity(1 << 20, r))
+}
+
+/// What a layer stream's first bytes say it is.
+enum Compression {
+    Gzip,
+    Zstd,
+    Plain,
+}
+
+impl Compression {
+    fn of(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::Plain
+        }
+    }
+
+    fn wrap<'a>(self, r: impl BufRead + Send + 'a) -> Result<Box<dyn Read + Send + 'a>> {
+        Ok(match self {
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(r).map_err(Error::io("zstd", "layer"))?,
+            ),
+            Compression::Plain => Box::new(r),
+        })
+    }
+}
+
+/// `decompress` for a stream that buffers itself: the decoder reads its buffers in place.
+pub fn decompress_buffered<'a>(
+    mut r: impl BufRead + Send + 'a,
+) -> Result<Box<dyn Read + Send + 'a>> {
+    const MAGIC: usize = 4;
+    let head = r.fill_buf().map_err(Error::io("read", "layer"))?;
+    if head.len() >= MAGIC || head.is_empty() {
+        return Compression::of(head).wrap(r);
+    }
+    // A first piece too short to tell: take the magic out and put it back in front.
+    let mut magic = Vec::with_capacity(MAGIC);
+    (&mut r)
+        .take(MAGIC as u64)
+        .read_to_end(&mut magic)
+        .map_err(Error::io("read", "layer"))?;
+    Compression::of(&magic).wrap(io::Cursor::new(magic).chain(r))
 }
 
 struct Hashing<R> {
@@ -384,7 +423,11 @@ fn timestamps(mtime: u64) -> Timestamps {
 }
 
 /// Applies the (possibly compressed) layer in `layer` onto the directory `root`.
-pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) -> Result<Applied> {
+pub fn apply_layer(
+    root: &Path,
+    layer: impl BufRead + Send,
+    opts: &ApplyOptions,
+) -> Result<Applied> {
     let rootfd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -404,7 +447,7 @@ pub fn apply_layer(root: &Path, layer: impl Read + Send, opts: &ApplyOptions) ->
         })
         .collect::<Result<Vec<_>>>()?;
     let mut hashing = Hashing {
-        inner: decompress(layer)?,
+        inner: decompress_buffered(layer)?,
         hasher: Hasher::new(),
         count: 0,
     };
@@ -1191,6 +1234,50 @@ mod tests {
             assert_eq!(applied.digest, Digest::of(&plain));
         }
         assert!(apply(&root, b"definitely not a tar file, just some text that is long enough to fill a header block and then some more text to be sure it is long enough........................................................................................................................................................................................................................................................................................................................................................".to_vec()).is_err());
+    }
+
+    /// A stream that hands out its bytes a few at a time, as a network body may.
+    struct Dribble(Vec<u8>, usize, usize);
+
+    impl Read for Dribble {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.fill_buf()?.len().min(out.len());
+            out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Dribble {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            let end = (self.1 + self.2).min(self.0.len());
+            Ok(&self.0[self.1..end])
+        }
+        fn consume(&mut self, n: usize) {
+            self.1 += n;
+        }
+    }
+
+    #[test]
+    fn buffered_streams_in_pieces_too_short_to_show_the_magic_still_decompress() {
+        use std::io::Write;
+        let (_t, root, _o) = sandbox();
+        let plain = Layer::new().file("f", "hello").bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        for layer in [gz, zst, plain.clone()] {
+            for piece in [1, 3, 4, 1000] {
+                let applied = apply_layer(
+                    &root,
+                    Dribble(layer.clone(), 0, piece),
+                    &ApplyOptions::default(),
+                )
+                .unwrap();
+                assert_eq!(applied.digest, Digest::of(&plain), "pieces of {piece}");
+            }
+        }
     }
 
     /// A bounded stand-in for fuzzing: flips, truncates and splices bytes of valid layers

@@ -58,7 +58,7 @@ fn target_of(mounts: &[Mount]) -> Result<Target> {
 /// lower layers are not there yet: whiteouts in overlayfs form, copy-ups left to
 /// `apply::copy_up` once the lowers exist, and no flush yet (the commit flushes).
 pub fn apply_to_upper(
-    stream: impl std::io::Read + Send,
+    stream: impl std::io::BufRead + Send,
     digest: &Digest,
     media_type: &str,
     upper: &Path,
@@ -111,7 +111,7 @@ pub fn apply(
 
 /// Applies a layer stream (named `digest` in errors) onto `mounts` and flushes it to disk.
 pub fn apply_stream(
-    stream: impl std::io::Read + Send,
+    stream: impl std::io::BufRead + Send,
     digest: &Digest,
     media_type: &str,
     mounts: &[Mount],

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod hosts;
+mod landing;
 pub mod pull;
 pub mod push;
 

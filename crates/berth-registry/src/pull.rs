@@ -8,9 +8,9 @@
 //! so a failed, cancelled or killed pull leaves only garbage.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_core::content::Writer;
@@ -27,6 +27,7 @@ use futures::StreamExt;
 use crate::auth::Credentials;
 use crate::client::{error_chain, RegistryClient, Target};
 use crate::error::{Error, Result};
+use crate::landing::{Landing, LandingGuard};
 
 /// Attempts per blob: interrupted downloads resume from what the store holds.
 const BLOB_ATTEMPTS: u32 = 6;
@@ -126,149 +127,6 @@ impl Drop for PullLease {
             match tokio::runtime::Handle::try_current() {
                 Ok(h) => drop(h.spawn_blocking(move || drop(l))),
                 Err(_) => drop(l),
-            }
-        }
-    }
-}
-
-/// A blob on its way into the content store, as an unpack reading along sees it.
-#[derive(Default)]
-struct Landing {
-    state: Mutex<LandingState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct LandingState {
-    /// The ingest file being written, and how far.
-    file: Option<PathBuf>,
-    written: u64,
-    /// Bumped each time the download starts over into a new file.
-    generation: u32,
-    /// Some(true): committed and verified; Some(false): the download failed or was dropped.
-    done: Option<bool>,
-}
-
-/// How long a reader waits between checks of a stalled landing.
-const LANDING_POLL: Duration = Duration::from_millis(200);
-
-impl Landing {
-    fn update(&self, f: impl FnOnce(&mut LandingState)) {
-        f(&mut lock(&self.state));
-        self.changed.notify_all();
-    }
-
-    fn started(&self, file: PathBuf, offset: u64) {
-        self.update(|s| {
-            s.generation += 1;
-            s.file = Some(file);
-            s.written = offset;
-        });
-    }
-
-    fn wrote(&self, total: u64) {
-        self.update(|s| s.written = total);
-    }
-
-    fn finish(&self, ok: bool) {
-        self.update(|s| {
-            if s.done.is_none() {
-                s.done = Some(ok);
-            }
-        });
-    }
-
-    /// Blocks until the blob is committed (true) or its download failed (false).
-    fn wait_done(&self) -> bool {
-        let mut s = lock(&self.state);
-        loop {
-            if let Some(ok) = s.done {
-                return ok;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, LANDING_POLL)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-    }
-
-    /// A reader of the blob as it arrives; None once it is committed (read it from the
-    /// store) or failed.
-    fn follow(self: &Arc<Self>, size: u64) -> Option<Follower> {
-        let mut s = lock(&self.state);
-        loop {
-            if s.done.is_some() {
-                return None;
-            }
-            if let Some(path) = &s.file {
-                let file = std::fs::File::open(path).ok()?;
-                return Some(Follower {
-                    landing: self.clone(),
-                    file,
-                    pos: 0,
-                    size,
-                    generation: s.generation,
-                });
-            }
-            s = self
-                .changed
-                .wait_timeout(s, LANDING_POLL)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-    }
-}
-
-/// Marks a landing failed unless the download got to mark it committed.
-struct LandingGuard<'a>(&'a Arc<Landing>);
-
-impl Drop for LandingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.finish(false);
-    }
-}
-
-/// Reads an ingest file while it is written: at its end it waits for more bytes until the
-/// blob's size is reached. A download that starts over or fails ends the read with an
-/// error, and the unpack falls back to the committed blob.
-struct Follower {
-    landing: Arc<Landing>,
-    file: std::fs::File,
-    pos: u64,
-    size: u64,
-    generation: u32,
-}
-
-impl Read for Follower {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.pos >= self.size {
-                return Ok(0);
-            }
-            let want = buf.len().min((self.size - self.pos) as usize);
-            let n = self.file.read(&mut buf[..want])?;
-            if n > 0 {
-                self.pos += n as u64;
-                return Ok(n);
-            }
-            let mut s = lock(&self.landing.state);
-            loop {
-                if s.generation != self.generation {
-                    return Err(std::io::Error::other("the download started over"));
-                }
-                if s.written > self.pos || s.done == Some(true) {
-                    break;
-                }
-                if s.done == Some(false) {
-                    return Err(std::io::Error::other("the download failed"));
-                }
-                s = self
-                    .landing
-                    .changed
-                    .wait_timeout(s, LANDING_POLL)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
             }
         }
     }
@@ -886,7 +744,7 @@ impl Puller {
         let sink = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write(&chunk)?;
-                landing.wrote(writer.offset());
+                landing.wrote(writer.offset(), chunk);
             }
             Ok::<_, berth_core::Error>(writer)
         });
@@ -985,12 +843,12 @@ fn prepare_landing(
     Ok(Some(u))
 }
 
-fn counting<'a, R: Read + Send + 'a>(
+fn counting<'a, R: BufRead + Send + 'a>(
     inner: R,
     blob: &BlobRef,
     parents: &[String],
     progress: &'a dyn ProgressSink,
-) -> impl Read + Send + 'a {
+) -> impl BufRead + Send + 'a {
     let (blob, parents) = (blob.clone(), parents.to_vec());
     let report = move |n: i64| {
         progress.progress(Progress::blob("extracting", &blob, &parents, n));
@@ -1011,15 +869,32 @@ struct Counting<R, F> {
     report: F,
 }
 
-impl<R: Read, F: Fn(i64)> Read for Counting<R, F> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+impl<R: BufRead, F: Fn(i64)> Counting<R, F> {
+    fn count(&mut self, n: usize) {
         self.done += n as i64;
         if self.done - self.reported >= 8 << 20 {
             self.reported = self.done;
             (self.report)(self.done);
         }
+    }
+}
+
+impl<R: BufRead, F: Fn(i64)> Read for Counting<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count(n);
         Ok(n)
+    }
+}
+
+impl<R: BufRead, F: Fn(i64)> BufRead for Counting<R, F> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.count(n);
     }
 }
 

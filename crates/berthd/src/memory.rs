@@ -1,7 +1,7 @@
 //! How the resident daemon keeps its heap small: glibc's allocator is kept to two arenas
-//! (one per thread otherwise, each holding on to what a pull freed), large buffers come
-//! from mmap and go back on free, free heap is trimmed every few seconds, and glibc's
-//! per-thread caches are turned off.
+//! (one per thread otherwise, each holding on to what a pull freed), only very large
+//! buffers come from mmap, free heap is trimmed every few seconds, and glibc's per-thread
+//! caches are turned off.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -67,12 +67,18 @@ fn with_no_thread_caches(callers: &OsStr) -> Option<OsString> {
 }
 
 /// Allocator parameters for a resident daemon. Must run before any thread starts.
+///
+/// A download's body arrives in buffers of up to ~400 KiB that live until the blob's writer
+/// has them on disk. With those buffers mmap'd (or the heap trimmed as each one was freed)
+/// every buffer was fresh pages to fault in and clear: a tenth of the CPU of a 300 MB pull.
+/// They come from the heap instead and are reused there; the free heap goes back to the
+/// system at the next trim (`trim_memory`), not at every free.
 pub fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 

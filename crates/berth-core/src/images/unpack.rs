@@ -3,7 +3,7 @@
 //! committed under its chain id. A layer whose chain exists is skipped; a failure or a
 //! dropped unpack removes its active snapshot, so only committed layers ever remain.
 
-use std::io::Read;
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -115,7 +115,7 @@ impl LayerUnpack {
     }
 
     /// Applies the (possibly compressed) layer stream and checks its uncompressed digest.
-    pub fn apply(&mut self, layer: &LayerRef, stream: impl Read + Send) -> Result<()> {
+    pub fn apply(&mut self, layer: &LayerRef, stream: impl BufRead + Send) -> Result<()> {
         let applied = if self.pending_parent.is_some() {
             crate::diff::apply_to_upper(
                 stream,
