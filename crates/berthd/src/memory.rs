@@ -75,7 +75,7 @@ fn with_no_thread_caches(callers: &OsStr) -> Option<OsString> {
 /// system at the next trim (`trim_memory`), not at every free. One arena, because
 /// `malloc_trim` gives back the top of the main arena only: a second arena kept up to the
 /// trim threshold (8 MiB) resident after a pull. Measured on the 300 MB pull: berthd's CPU
-/// 930 ms with mmap'd buffers, 810 ms so (both with the chunks read in memory).
+/// 910–1090 ms with mmap'd buffers, 790–830 ms so (both with the chunks read in memory).
 pub fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
     unsafe {
