@@ -6,6 +6,9 @@
 #    idle container, for 20 idle containers and for one pod of 5 containers (the shims group
 #    containers by io.kubernetes.cri.sandbox-id);
 #  - the berth shim's memory before and after EXECS execs into one container.
+# Memory is read 2 s after the last call, when an idle shim has settled: the berth shim lets
+# go of its free heap and of its binary's pages one second after its last create, start or
+# delete (crates/berth-shim/src/residency.rs).
 # Usage: bash bench/shim.sh [RUNS]   (EXECS=10000 by default; needs root, scripts/install-deps.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,9 +101,9 @@ done
 # Execs into one container through the berth shim: memory after a warm-up and at the end.
 C run -d --runtime "$BERTH" "$img" exec-target sleep 100000 >/dev/null
 "$execs_bin" "$work/berth.sock" "$ns" exec-target 100 >/dev/null
-sleep 1; e_before=$(shim_memory berth)
+sleep 2; e_before=$(shim_memory berth)
 e_times=$("$execs_bin" "$work/berth.sock" "$ns" exec-target "$execs")
-sleep 1; e_after=$(shim_memory berth)
+sleep 2; e_after=$(shim_memory berth)
 clear_tasks
 
 printf '\nctr run --rm %s ID true through berthd, %d runs each, alternating\n' "$img" "$runs"

@@ -14,6 +14,7 @@ mod container;
 mod error;
 mod events;
 mod reaper;
+mod residency;
 mod runtime;
 mod service;
 mod stdio;

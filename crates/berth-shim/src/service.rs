@@ -25,6 +25,7 @@ use crate::{
     error::Error,
     events::EventQueue,
     reaper::{Exit, Reaper},
+    residency::Quiet,
     runtime::{Runtime, RuntimeOptions},
     stdio::ProcessIo,
 };
@@ -36,6 +37,8 @@ pub struct Shared {
     containers: Mutex<HashMap<String, Container>>,
     /// Signalled when the shim may exit: shutdown with no containers left.
     pub exit: Notify,
+    /// Lets go of idle memory once the calls that start and stop processes are over.
+    quiet: Arc<Quiet>,
 }
 
 #[derive(Clone)]
@@ -54,6 +57,7 @@ impl TaskService {
                 events,
                 containers: Mutex::new(HashMap::new()),
                 exit: Notify::new(),
+                quiet: Arc::default(),
             }),
         }
     }
@@ -490,16 +494,6 @@ async fn to_the_end<T: Send + 'static>(
         .map_err(|e| Error::Other(format!("the call's work failed: {e}")))?
 }
 
-/// Gives the heap's free pages back to the kernel. A shim lives as long as its container and
-/// is idle nearly all that time, so what a create or delete briefly needed should not stay
-/// resident in every shim.
-fn release_free_memory() {
-    // SAFETY: malloc_trim only walks glibc's own heap bookkeeping; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn delete_response(p: &Process) -> api::DeleteResponse {
     let exit = p.exit();
     api::DeleteResponse {
@@ -629,7 +623,7 @@ impl Task for TaskService {
     ) -> TResult<api::CreateTaskResponse> {
         let this = self.clone();
         let pid = to_the_end(async move { this.create_container(&req).await }).await;
-        release_free_memory();
+        self.shared.quiet.after_call();
         let pid = pid?;
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
@@ -643,8 +637,9 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> TResult<api::StartResponse> {
         let this = self.clone();
-        let pid =
-            to_the_end(async move { this.start_process(&req.id, &req.exec_id).await }).await?;
+        let pid = to_the_end(async move { this.start_process(&req.id, &req.exec_id).await }).await;
+        self.shared.quiet.after_call();
+        let pid = pid?;
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -659,7 +654,7 @@ impl Task for TaskService {
         let this = self.clone();
         let deleted =
             to_the_end(async move { this.delete_process(&req.id, &req.exec_id).await }).await;
-        release_free_memory();
+        self.shared.quiet.after_call();
         Ok(deleted?)
     }
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TResult<api::PidsResponse> {
