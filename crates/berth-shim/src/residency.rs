@@ -62,7 +62,7 @@ fn clean_mappings_of(smaps: &str, exe: &Path) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     // The mapping being read: its range, and whether it may be dropped so far.
     let mut current: Option<(usize, usize, bool)> = None;
-    let mut finish = |c: Option<(usize, usize, bool)>, out: &mut Vec<(usize, usize)>| {
+    let finish = |c: Option<(usize, usize, bool)>, out: &mut Vec<(usize, usize)>| {
         if let Some((s, e, true)) = c {
             out.push((s, e));
         }
