@@ -1220,15 +1220,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn compressed_layers_report_the_uncompressed_digest() {
+    /// A one-file layer: plain, gzip'd and zstd'd.
+    fn one_file_layer() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         use std::io::Write;
-        let (_t, root, _o) = sandbox();
         let plain = Layer::new().file("f", "hello").bytes();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        (plain, gz, zst)
+    }
+
+    #[test]
+    fn compressed_layers_report_the_uncompressed_digest() {
+        let (_t, root, _o) = sandbox();
+        let (plain, gz, zst) = one_file_layer();
         for layer in [gz, zst] {
             let applied = apply(&root, layer).unwrap();
             assert_eq!(applied.digest, Digest::of(&plain));
@@ -1260,13 +1266,8 @@ mod tests {
 
     #[test]
     fn buffered_streams_in_pieces_too_short_to_show_the_magic_still_decompress() {
-        use std::io::Write;
         let (_t, root, _o) = sandbox();
-        let plain = Layer::new().file("f", "hello").bytes();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&plain).unwrap();
-        let gz = gz.finish().unwrap();
-        let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        let (plain, gz, zst) = one_file_layer();
         for layer in [gz, zst, plain.clone()] {
             for piece in [1, 3, 4, 1000] {
                 let applied = apply_layer(
