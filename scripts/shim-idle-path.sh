@@ -9,6 +9,7 @@
 # (removing the names from further down) after changes to the shim's idle path.
 # Usage: bash scripts/shim-idle-path.sh > /tmp/idle.fns   (root, gdb, scripts/install-deps.sh)
 set -euo pipefail
+command -v gdb >/dev/null || { echo "shim-idle-path: needs gdb (apt-get install gdb)" >&2; exit 1; }
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 build_release >&2
