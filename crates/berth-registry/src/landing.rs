@@ -13,16 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::pull::lock;
+
 /// How many bytes of the latest chunks a landing keeps for its reader.
 const RECENT_BYTES: usize = 8 << 20;
 /// How much a reader that fell behind reads from the file at a time.
 const FILE_READ: usize = 1 << 20;
 /// How long a reader waits between checks of a stalled landing.
 const POLL: Duration = Duration::from_millis(200);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Default)]
 pub(crate) struct Landing {
@@ -173,15 +171,15 @@ impl Follower {
                 return Err(std::io::Error::other("the download started over"));
             }
             let pos = self.pos;
-            let want_end = self.size;
-            if let Some((at, c)) = s
-                .recent
-                .iter()
-                .find(|(at, c)| *at <= pos && pos < at + c.len() as u64)
-            {
-                let from = (pos - at) as usize;
-                let to = c.len().min((want_end - at) as usize);
-                return Ok(Next::Memory(c.slice(from..to)));
+            // The chunks are in offset order: the one holding `pos` is the last that starts
+            // at or before it, if it reaches that far.
+            let after = s.recent.partition_point(|(at, _)| *at <= pos);
+            if let Some((at, c)) = after.checked_sub(1).and_then(|i| s.recent.get(i)) {
+                if pos < at + c.len() as u64 {
+                    let from = (pos - at) as usize;
+                    let to = c.len().min((self.size - at) as usize);
+                    return Ok(Next::Memory(c.slice(from..to)));
+                }
             }
             if s.written > pos || s.done == Some(true) {
                 return Ok(Next::File);

@@ -85,7 +85,7 @@ async fn blocking<T: Send + 'static>(
 
 type InflightMap = Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -35,6 +35,9 @@ impl Quiet {
 }
 
 /// Gives the heap's free pages back and drops the mappings of the binary's untouched pages.
+/// Runs on the shim's one runtime thread when nothing else is going on: the reads are of
+/// the process's own /proc files (memory, a fraction of a millisecond), and a blocking
+/// thread would cost the shim more memory than this gives back.
 pub fn release() {
     // SAFETY: malloc_trim only walks glibc's own heap bookkeeping; it takes no pointers.
     unsafe {
