@@ -116,7 +116,13 @@ impl Task {
                 exited_at: Some(exit.at),
             });
         }
-        self.shim()?.state(exec_id).await
+        match self.shim()?.state(exec_id).await {
+            // The task was deleted while the call was on its way: report how it ended.
+            Err(Error::ShimUnavailable { .. }) if self.dead_exit().is_some() => {
+                Box::pin(self.state(exec_id)).await
+            }
+            r => r,
+        }
     }
 
     /// Waits for a process to exit. For the init process, a shim that dies meanwhile
@@ -418,6 +424,10 @@ impl ShimManager {
                 let shim = task.shim()?;
                 let exit = shim.delete("").await?;
                 task.closing.store(true, Ordering::SeqCst);
+                // From here the task is stopped whatever its shim answers: a Get or Wait
+                // arriving while the shim shuts down reports this exit rather than a shim
+                // that cannot be reached.
+                task.dead.send_replace(Some(exit));
                 shim.shutdown().await?;
                 // A shim serving other tasks too (a pod's, grouped) stays up: only a shim
                 // left with no task is waited for.
@@ -633,6 +643,7 @@ mod tests {
     struct Fake {
         calls: Mutex<Vec<String>>,
         hold_create: Mutex<Option<Arc<Notify>>>,
+        hold_shutdown: Mutex<Option<Arc<Notify>>>,
         fail_create: AtomicBool,
         deaths: Mutex<HashMap<u32, watch::Sender<bool>>>,
         /// Shims connected so far: each gets a pid of its own (7, 8, ...), as real ones do,
@@ -729,6 +740,10 @@ mod tests {
         }
         async fn shutdown(&self) -> Result<()> {
             self.0.record(format!("shutdown {}", self.1));
+            let hold = lock(&self.0.hold_shutdown).clone();
+            if let Some(n) = hold {
+                n.notified().await;
+            }
             self.0.kill_shim(self.2);
             Ok(())
         }
@@ -813,6 +828,29 @@ mod tests {
             fake.calls(),
             ["start c1", "create c1", "delete c1", "shutdown c1"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_task_being_deleted_reads_as_stopped_while_its_shim_shuts_down() {
+        let state = tempfile::tempdir().unwrap();
+        let (m, fake, _) = manager(state.path());
+        let t = m.create(req("c1")).await.unwrap();
+        let gate = Arc::new(Notify::new());
+        *lock(&fake.hold_shutdown) = Some(gate.clone());
+        let m2 = m.clone();
+        let key = t.key.clone();
+        let deleting = tokio::spawn(async move { m2.delete(&key).await });
+        while !fake.calls().contains(&"shutdown c1".to_owned()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Still in the book, its shim going away: Get and Wait answer with the exit.
+        let seen = m.get(&t.key).unwrap();
+        let st = seen.state("").await.unwrap();
+        assert_eq!((st.status, st.exit_status), (TaskStatus::Stopped, 0));
+        assert_eq!(seen.wait("").await.unwrap().status, 0);
+        gate.notify_waiters();
+        deleting.await.unwrap().unwrap();
+        assert!(m.get(&t.key).is_err());
     }
 
     #[tokio::test]
