@@ -106,6 +106,17 @@ fn berth_shim_runs_containers_under_berthd_as_root() {
     assert_eq!(status_in(&listing, "sl-long").as_deref(), Some("RUNNING"));
     let pid = task_pid(&listing, "sl-long");
     assert_eq!(berth_shim_pids(&d.socket).len(), 1);
+    // The shim server runs without glibc's thread caches (its heap stays flat over execs).
+    let environ =
+        std::fs::read(format!("/proc/{}/environ", berth_shim_pids(&d.socket)[0])).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(b"GLIBC_TUNABLES=")
+                && v.ends_with(b"glibc.malloc.tcache_count=0")),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
 
     let exec = d.ctr(
         ns,

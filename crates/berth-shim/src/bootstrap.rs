@@ -170,6 +170,13 @@ fn launch(flags: &Flags, bundle: &Path, address: &str, path: &str) -> Result<(),
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    // The server lives as long as its containers: without glibc's thread caches its heap
+    // in use stays flat over any number of execs (see `berth_tunables`).
+    let callers = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    if let Some(tunables) = berth_tunables::with_no_thread_caches(&callers) {
+        cmd.env("GLIBC_TUNABLES", tunables)
+            .env(berth_tunables::CALLERS_TUNABLES, callers);
+    }
     // SAFETY: setsid is async-signal-safe; the server must not share the daemon's session,
     // so that signals to the daemon's process group do not reach it.
     unsafe {
@@ -209,6 +216,8 @@ fn launch(flags: &Flags, bundle: &Path, address: &str, path: &str) -> Result<(),
 
 /// The server: set up before any thread exists (subreaper, log), then one async thread.
 fn serve(flags: &Flags) -> Result<(), Error> {
+    // SAFETY: the server has no other thread yet.
+    unsafe { berth_tunables::restore_callers_tunables() };
     if flags.socket.is_empty() {
         return Err(Error::InvalidArgument(
             "-socket is required to serve".into(),

@@ -3,34 +3,21 @@
 //! buffers come from mmap, free heap is trimmed every few seconds, and glibc's per-thread
 //! caches are turned off.
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-/// The tunable that turns glibc's per-thread caches off.
-const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
-/// Set on the re-executed daemon to the caller's own `GLIBC_TUNABLES` (possibly empty), so
-/// that it can put the caller's environment back for the shims and helpers it starts.
-const CALLERS_TUNABLES: &str = "BERTHD_CALLERS_GLIBC_TUNABLES";
+use berth_tunables::{restore_callers_tunables, with_no_thread_caches, CALLERS_TUNABLES};
 
-/// glibc keeps up to seven freed chunks of every small size in a cache per thread, out of
-/// reach of `malloc_trim`. After a burst of requests (200 concurrent container runs) those
-/// cached chunks lay scattered over the grown heap and kept about 2 MB of it resident for
-/// good: 5.8 MB anonymous memory against 2.4 MB without them. The caches can only be turned
-/// off by the `GLIBC_TUNABLES` environment variable, which glibc reads when a process
-/// starts, so the daemon executes itself once more with it set. A caller that sets
-/// `glibc.malloc.tcache_count` itself is left as it is; if the exec fails the daemon runs on
-/// with the caches. Must run before any thread starts.
+/// glibc's per-thread caches kept about 2 MB of berthd resident after a burst of requests
+/// (200 concurrent container runs): 5.8 MB anonymous memory against 2.4 MB without them
+/// (see `berth_tunables`). They can only be turned off when a process starts, so the daemon
+/// executes itself once more with them off. A caller that sets `glibc.malloc.tcache_count`
+/// itself is left as it is; if the exec fails the daemon runs on with the caches. Must run
+/// before any thread starts.
 pub fn without_thread_caches() {
-    if let Some(callers) = std::env::var_os(CALLERS_TUNABLES) {
+    // SAFETY: called before any thread starts (see above).
+    if unsafe { restore_callers_tunables() } {
         // The second start: what the shims and helpers inherit is the caller's environment.
-        if callers.is_empty() {
-            std::env::remove_var("GLIBC_TUNABLES");
-        } else {
-            std::env::set_var("GLIBC_TUNABLES", &callers);
-        }
-        std::env::remove_var(CALLERS_TUNABLES);
         return;
     }
     let callers = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
@@ -46,24 +33,6 @@ pub fn without_thread_caches() {
         .env(CALLERS_TUNABLES, &callers)
         .exec();
     eprintln!("berthd: running with glibc's thread caches: re-executing /proc/self/exe: {err}");
-}
-
-/// The caller's tunables with the thread caches turned off, or None when the caller chose
-/// a cache size itself.
-fn with_no_thread_caches(callers: &OsStr) -> Option<OsString> {
-    let set_by_caller = callers
-        .as_bytes()
-        .split(|b| *b == b':')
-        .any(|t| t.starts_with(b"glibc.malloc.tcache_count="));
-    if set_by_caller {
-        return None;
-    }
-    let mut out = callers.as_bytes().to_vec();
-    if !out.is_empty() {
-        out.push(b':');
-    }
-    out.extend_from_slice(NO_THREAD_CACHES.as_bytes());
-    Some(OsString::from_vec(out))
 }
 
 /// Allocator parameters for a resident daemon. Must run before any thread starts.
@@ -92,30 +61,5 @@ pub async fn trim_memory() {
         tick.tick().await;
         // SAFETY: malloc_trim takes the allocator's own locks; it touches no Rust object.
         let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_thread_caches_are_turned_off_after_the_callers_tunables_unless_the_caller_sized_them() {
-        assert_eq!(
-            with_no_thread_caches(OsStr::new("")).unwrap(),
-            "glibc.malloc.tcache_count=0"
-        );
-        assert_eq!(
-            with_no_thread_caches(OsStr::new("glibc.malloc.arena_max=1")).unwrap(),
-            "glibc.malloc.arena_max=1:glibc.malloc.tcache_count=0"
-        );
-        assert_eq!(
-            with_no_thread_caches(OsStr::new(
-                "glibc.malloc.mxfast=0:glibc.malloc.tcache_count=3"
-            )),
-            None
-        );
-        // A longer name that only starts alike is not the caller's choice.
-        assert!(with_no_thread_caches(OsStr::new("glibc.malloc.tcache_counts=1")).is_some());
     }
 }
