@@ -12,7 +12,6 @@
 
 mod args;
 mod ops;
-mod warm;
 
 pub use args::{Command, Globals, Invocation, ParseError};
 

@@ -29,7 +29,6 @@ pub fn run(invocation: &Invocation) -> Result<()> {
             let bundle = std::path::absolute(bundle)
                 .map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
             drop_false_no_new_privileges(&bundle.join("config.json"), &["process"])?;
-            let _warmer = crate::warm::start();
             builder(root, id, pid_file, console_socket)?
                 .validate_id()
                 .map_err(|e| format!("container id {id:?}: {e}"))?
@@ -52,7 +51,6 @@ pub fn run(invocation: &Invocation) -> Result<()> {
         } => {
             load(root, id)?;
             drop_false_no_new_privileges(process, &[])?;
-            let _warmer = crate::warm::start();
             builder(root, id, pid_file, console_socket)?
                 .as_tenant()
                 .with_detach(true)

@@ -32,6 +32,7 @@ use crate::{
     reaper::Reaper,
     runtime::{Runtime, RuntimeOptions},
     service::TaskService,
+    warm::CgroupWarmer,
 };
 
 pub const RUNTIME_NAME: &str = "io.containerd.berth.v2";
@@ -249,6 +250,12 @@ async fn serve_tasks(flags: &Flags) -> Result<(), Error> {
         .map_err(|e| Error::Other(format!("watch SIGCHLD: {e}")))?;
     let reaper = Reaper::new();
     tokio::spawn(reaper.clone().run(sigchld));
+    // The Create that follows will move the container's processes: start the wait for the
+    // cgroup lock before it arrives.
+    let warmer = CgroupWarmer::of_this_process().map(Arc::new);
+    if let Some(w) = &warmer {
+        w.warm(&reaper);
+    }
 
     let path = socket_path(&flags.socket).to_owned();
     if Path::new(&path).exists() {
@@ -271,7 +278,7 @@ async fn serve_tasks(flags: &Flags) -> Result<(), Error> {
         pending,
     ));
 
-    let service = TaskService::new(&flags.namespace, reaper, events.clone());
+    let service = TaskService::new(&flags.namespace, reaper, events.clone(), warmer);
     let shared = service.shared();
     let v3 = create_task(Arc::new(service.clone()));
     let v2: HashMap<_, _> = create_task(Arc::new(service))

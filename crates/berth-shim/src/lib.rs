@@ -18,6 +18,7 @@ mod residency;
 mod runtime;
 mod service;
 mod stdio;
+mod warm;
 
 pub use bootstrap::main;
 pub use error::Error;

@@ -80,6 +80,22 @@ impl Reaper {
         Ok((child.id(), rx))
     }
 
+    /// Runs `fork`, which starts a child and returns its pid, with the book held: the child's
+    /// exit is then taken as expected (nobody waits for it) rather than kept as unclaimed.
+    pub fn track(&self, fork: impl FnOnce() -> Option<i32>) {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pid) = fork() {
+            book.waiting.insert(pid, oneshot::channel().0);
+        }
+    }
+
+    /// How many pids are waited for, and how many exits are kept unclaimed.
+    #[cfg(test)]
+    pub fn tracked_and_unclaimed(&self) -> (usize, usize) {
+        let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        (book.waiting.len(), book.unclaimed.len())
+    }
+
     /// Reaps every child that has ended.
     pub fn reap(&self) {
         loop {

@@ -28,6 +28,7 @@ use crate::{
     residency::Quiet,
     runtime::{Runtime, RuntimeOptions},
     stdio::ProcessIo,
+    warm::CgroupWarmer,
 };
 
 pub struct Shared {
@@ -39,6 +40,8 @@ pub struct Shared {
     pub exit: Notify,
     /// Lets go of idle memory once the calls that start and stop processes are over.
     quiet: Arc<Quiet>,
+    /// Starts the cgroup lock's grace period before the runtime moves a process.
+    warmer: Option<Arc<CgroupWarmer>>,
 }
 
 #[derive(Clone)]
@@ -49,7 +52,12 @@ pub struct TaskService {
 type TResult<T> = ttrpc::Result<T>;
 
 impl TaskService {
-    pub fn new(namespace: &str, reaper: Arc<Reaper>, events: EventQueue) -> Self {
+    pub fn new(
+        namespace: &str,
+        reaper: Arc<Reaper>,
+        events: EventQueue,
+        warmer: Option<Arc<CgroupWarmer>>,
+    ) -> Self {
         TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_owned(),
@@ -58,7 +66,15 @@ impl TaskService {
                 containers: Mutex::new(HashMap::new()),
                 exit: Notify::new(),
                 quiet: Arc::default(),
+                warmer,
             }),
+        }
+    }
+
+    /// A process is about to be moved into a container's cgroup: start the wait now.
+    fn warm_cgroups(&self) {
+        if let Some(w) = &self.shared.warmer {
+            w.warm(&self.shared.reaper);
         }
     }
 
@@ -128,6 +144,7 @@ impl TaskService {
         if id.is_empty() {
             return Err(Error::InvalidArgument("create: empty task id".into()));
         }
+        self.warm_cgroups();
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(Error::Unimplemented(
                 "create from a checkpoint is not supported by the berth shim".into(),
@@ -767,6 +784,8 @@ impl Task for TaskService {
             ))
             .into());
         }
+        // The process is made at its Start, which follows at once.
+        self.warm_cgroups();
         let spec = req
             .spec
             .as_ref()
