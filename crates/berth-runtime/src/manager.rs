@@ -100,29 +100,36 @@ impl Task {
 
     pub async fn state(&self, exec_id: &str) -> Result<ProcessState> {
         if let Some(exit) = self.dead_exit() {
-            if !exec_id.is_empty() {
-                return Err(Error::not_found(format!(
-                    "process {exec_id:?} of task {:?}",
-                    self.key.id
-                )));
-            }
-            return Ok(ProcessState {
-                container_id: self.id().to_owned(),
-                exec_id: String::new(),
-                pid: self.pid,
-                status: TaskStatus::Stopped,
-                stdio: Stdio::default(),
-                exit_status: exit.status,
-                exited_at: Some(exit.at),
-            });
+            return self.stopped_state(exec_id, exit);
         }
         match self.shim()?.state(exec_id).await {
             // The task was deleted while the call was on its way: report how it ended.
-            Err(Error::ShimUnavailable { .. }) if self.dead_exit().is_some() => {
-                Box::pin(self.state(exec_id)).await
-            }
+            Err(e @ Error::ShimUnavailable { .. }) => match self.dead_exit() {
+                Some(exit) => self.stopped_state(exec_id, exit),
+                None => Err(e),
+            },
             r => r,
         }
+    }
+
+    /// The state of a task whose shim is gone (or going): its init stopped with `exit`, and
+    /// no other process.
+    fn stopped_state(&self, exec_id: &str, exit: Exit) -> Result<ProcessState> {
+        if !exec_id.is_empty() {
+            return Err(Error::not_found(format!(
+                "process {exec_id:?} of task {:?}",
+                self.key.id
+            )));
+        }
+        Ok(ProcessState {
+            container_id: self.id().to_owned(),
+            exec_id: String::new(),
+            pid: self.pid,
+            status: TaskStatus::Stopped,
+            stdio: Stdio::default(),
+            exit_status: exit.status,
+            exited_at: Some(exit.at),
+        })
     }
 
     /// Waits for a process to exit. For the init process, a shim that dies meanwhile

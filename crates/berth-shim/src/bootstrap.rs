@@ -173,11 +173,7 @@ fn launch(flags: &Flags, bundle: &Path, address: &str, path: &str) -> Result<(),
         .stderr(Stdio::null());
     // The server lives as long as its containers: without glibc's thread caches its heap
     // in use stays flat over any number of execs (see `berth_tunables`).
-    let callers = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-    if let Some(tunables) = berth_tunables::with_no_thread_caches(&callers) {
-        cmd.env("GLIBC_TUNABLES", tunables)
-            .env(berth_tunables::CALLERS_TUNABLES, callers);
-    }
+    berth_tunables::start_without_thread_caches(&mut cmd);
     // SAFETY: setsid is async-signal-safe; the server must not share the daemon's session,
     // so that signals to the daemon's process group do not reach it.
     unsafe {

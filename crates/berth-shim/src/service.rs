@@ -144,12 +144,12 @@ impl TaskService {
         if id.is_empty() {
             return Err(Error::InvalidArgument("create: empty task id".into()));
         }
-        self.warm_cgroups();
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(Error::Unimplemented(
                 "create from a checkpoint is not supported by the berth shim".into(),
             ));
         }
+        self.warm_cgroups();
         let mut containers = self.shared.containers.lock().await;
         if containers.contains_key(&id) {
             return Err(Error::AlreadyExists(format!("task {id:?} already exists")));
@@ -784,8 +784,6 @@ impl Task for TaskService {
             ))
             .into());
         }
-        // The process is made at its Start, which follows at once.
-        self.warm_cgroups();
         let spec = req
             .spec
             .as_ref()
@@ -798,6 +796,8 @@ impl Task for TaskService {
             ))
             .into());
         }
+        // The process is made at its Start, which follows at once.
+        self.warm_cgroups();
         self.with_container(&req.id, |c| {
             if c.execs.contains_key(&req.exec_id) {
                 return Err(Error::AlreadyExists(format!(

@@ -5,7 +5,7 @@
 //! (151 KiB idle, 186 KiB after 3,100 execs, flat at 130 KiB without the caches). The
 //! caches can only be turned off through the `GLIBC_TUNABLES` environment variable, which
 //! glibc reads when a process starts: so the process is started (or starts itself again)
-//! with [`with_no_thread_caches`], and the caller's own value travels beside it in
+//! with [`start_without_thread_caches`], and the caller's own value travels beside it in
 //! [`CALLERS_TUNABLES`] so that [`restore_callers_tunables`] can put it back before the
 //! process starts anything of its own (runtimes, loggers, containers).
 
@@ -21,7 +21,7 @@ pub const CALLERS_TUNABLES: &str = "BERTH_CALLERS_GLIBC_TUNABLES";
 /// The `GLIBC_TUNABLES` to start a resident process with: the caller's tunables with the
 /// thread caches turned off, or None when the caller chose a cache size itself (or is
 /// already such a process, so that nothing is appended twice).
-pub fn with_no_thread_caches(callers: &OsStr) -> Option<OsString> {
+fn with_no_thread_caches(callers: &OsStr) -> Option<OsString> {
     let set_by_caller = callers
         .as_bytes()
         .split(|b| *b == b':')
@@ -37,7 +37,21 @@ pub fn with_no_thread_caches(callers: &OsStr) -> Option<OsString> {
     Some(OsString::from_vec(out))
 }
 
-/// In a process started with [`with_no_thread_caches`]: puts the caller's `GLIBC_TUNABLES`
+/// Sets `command` to start without glibc's thread caches, keeping this process's own
+/// `GLIBC_TUNABLES` beside it for [`restore_callers_tunables`]. Returns false, leaving the
+/// command as it was, when this process's tunables size the caches already.
+pub fn start_without_thread_caches(command: &mut std::process::Command) -> bool {
+    let callers = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    let Some(tunables) = with_no_thread_caches(&callers) else {
+        return false;
+    };
+    command
+        .env("GLIBC_TUNABLES", tunables)
+        .env(CALLERS_TUNABLES, callers);
+    true
+}
+
+/// In a process started so by [`start_without_thread_caches`]: puts the caller's `GLIBC_TUNABLES`
 /// back, so that what this process starts inherits the caller's environment. Returns
 /// whether the process was so started.
 ///

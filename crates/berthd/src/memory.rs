@@ -6,7 +6,7 @@
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use berth_tunables::{restore_callers_tunables, with_no_thread_caches, CALLERS_TUNABLES};
+use berth_tunables::{restore_callers_tunables, start_without_thread_caches};
 
 /// glibc's per-thread caches kept about 2 MB of berthd resident after a burst of requests
 /// (200 concurrent container runs): 5.8 MB anonymous memory against 2.4 MB without them
@@ -20,18 +20,14 @@ pub fn without_thread_caches() {
         // The second start: what the shims and helpers inherit is the caller's environment.
         return;
     }
-    let callers = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-    let Some(tunables) = with_no_thread_caches(&callers) else {
-        return;
-    };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| "berthd".into());
-    let err = std::process::Command::new("/proc/self/exe")
-        .arg0(arg0)
-        .args(args)
-        .env("GLIBC_TUNABLES", tunables)
-        .env(CALLERS_TUNABLES, &callers)
-        .exec();
+    let mut again = std::process::Command::new("/proc/self/exe");
+    again.arg0(arg0).args(args);
+    if !start_without_thread_caches(&mut again) {
+        return;
+    }
+    let err = again.exec();
     eprintln!("berthd: running with glibc's thread caches: re-executing /proc/self/exe: {err}");
 }
 
