@@ -9,6 +9,7 @@ pub mod manager;
 pub mod restart;
 pub mod shim;
 pub mod task;
+pub mod warm;
 
 pub use client::{ShimLauncher, TaskClient};
 pub use error::{Error, Result};

@@ -24,6 +24,7 @@ use crate::client::{ShimLauncher, TaskClient};
 use crate::error::{Error, Result};
 use crate::shim::{resolve_binary, Bootstrap};
 use crate::task::{Exit, ProcessState, Stdio, TaskKey, TaskStatus};
+use crate::warm::CgroupWarmer;
 
 /// How long a create waits for another create of the same task to finish.
 const CREATE_WAIT: Duration = Duration::from_secs(60);
@@ -180,6 +181,8 @@ pub struct ShimManager {
     /// Creates in progress; the receiver turns true when one has finished either way.
     creating: Mutex<HashMap<TaskKey, watch::Receiver<bool>>>,
     events: EventBus,
+    /// Readies the kernel's cgroup lock ahead of a create, once `warm_cgroups` set it.
+    warmer: std::sync::OnceLock<Arc<CgroupWarmer>>,
 }
 
 /// A create in progress. Dropped when the create has finished (and, if abandoned, been
@@ -216,7 +219,19 @@ impl ShimManager {
             tasks: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashMap::new()),
             events,
+            warmer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, readies the kernel's cgroup lock when a container record is created and
+    /// when a task create arrives, so that the runtime's moves into cgroups do not wait
+    /// (`warm.rs`). Does nothing where this process has no cgroup to move into.
+    pub fn warm_cgroups(&self) {
+        if let Some(w) = CgroupWarmer::of_this_process() {
+            if self.warmer.set(w.clone()).is_ok() {
+                w.follow(&self.events);
+            }
+        }
     }
 
     fn bootstrap(&self, binary: PathBuf) -> Bootstrap {
@@ -286,6 +301,9 @@ impl ShimManager {
     /// bundle, mount or shim is left behind, and the shim's own message is returned. The
     /// work goes on if the caller is dropped; a task nobody received is removed again.
     pub async fn create(self: &Arc<Self>, req: CreateTask) -> Result<Arc<Task>> {
+        if let Some(w) = self.warmer.get() {
+            w.warm();
+        }
         let reservation = self.reserve(&req.key).await?;
         let (tx, rx) = oneshot::channel();
         let me = self.clone();

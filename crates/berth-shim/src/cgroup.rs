@@ -123,17 +123,21 @@ fn join_cgroup(mount: &Path, path: &str) -> PathBuf {
 
 /// The mount point of the first cgroup filesystem `wanted` accepts.
 fn cgroup_mount(mountinfo: &str, wanted: impl Fn(&str, &str) -> bool) -> Option<PathBuf> {
-    for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
+    mounts(mountinfo)
+        .find(|(fstype, options, _)| wanted(fstype, options))
+        .map(|(_, _, point)| point)
+}
+
+/// Every mount of a mount table (`/proc/self/mountinfo`) as (type, super options, mount
+/// point); lines it cannot read are skipped.
+pub fn mounts(mountinfo: &str) -> impl Iterator<Item = (&str, &str, PathBuf)> {
+    mountinfo.lines().filter_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
         let mut post = post.split(' ');
         let (fstype, _source, options) = (post.next()?, post.next()?, post.next().unwrap_or(""));
-        if wanted(fstype, options) {
-            return pre.split(' ').nth(4).map(PathBuf::from);
-        }
-    }
-    None
+        let point = pre.split(' ').nth(4)?;
+        Some((fstype, options, PathBuf::from(point)))
+    })
 }
 
 /// Watches the memory cgroup at `dir` and calls `on_oom` for each OOM kill in it, until

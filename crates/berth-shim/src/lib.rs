@@ -13,6 +13,7 @@ mod cgroup;
 mod container;
 mod error;
 mod events;
+mod own_state;
 mod reaper;
 mod residency;
 mod runtime;

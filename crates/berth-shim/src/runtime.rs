@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::json;
 
-use crate::{error::Error, reaper::Reaper};
+use crate::{error::Error, own_state::OwnState, reaper::Reaper};
 
 /// Where a container's runtime state lives when the options name no root: inside its
 /// bundle, so that two daemons never share it and it goes with the bundle.
@@ -212,6 +212,12 @@ impl Runtime {
     }
 
     pub async fn start(&self, id: &str) -> Result<(), Error> {
+        if let Some(mut state) = self.own_state(id).filter(OwnState::startable_by_shim) {
+            let started = std::time::Instant::now();
+            state.start()?;
+            log::debug!("{OWN_RUNTIME} start, by the shim: {:?}", started.elapsed());
+            return Ok(());
+        }
         let mut cmd = self.command();
         cmd.arg("start").arg(id);
         self.run(cmd, InvocationStdio::default(), "start").await
@@ -265,6 +271,27 @@ impl Runtime {
         let mut cmd = self.command();
         cmd.arg("resume").arg(id);
         self.run(cmd, InvocationStdio::default(), "resume").await
+    }
+
+    /// Deletes a container whose init has exited and been reaped. One of berth's own the
+    /// shim removes itself when only its cgroups and state are left to remove.
+    pub async fn delete_exited(&self, id: &str) -> Result<(), Error> {
+        if let Some(state) = self.own_state(id).filter(OwnState::removable_by_shim) {
+            let started = std::time::Instant::now();
+            state.remove().await?;
+            log::debug!("{OWN_RUNTIME} delete, by the shim: {:?}", started.elapsed());
+            return Ok(());
+        }
+        self.delete(id).await
+    }
+
+    /// berth-container's state of container `id`, when it is berth's own runtime's and
+    /// outside systemd's cgroups.
+    fn own_state(&self, id: &str) -> Option<OwnState> {
+        if !self.own || self.systemd_cgroup {
+            return None;
+        }
+        OwnState::load(&self.root, id)
     }
 
     /// Deletes the container's runtime state (and, forced, what still runs). A container

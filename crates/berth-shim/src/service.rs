@@ -418,7 +418,11 @@ impl TaskService {
         let mut c = containers.remove(id).expect("looked up above");
         drop(containers);
         // A created init is still alive, waiting for start: the forced delete kills it.
-        c.runtime.delete(id).await?;
+        if c.init.state == ProcessState::Stopped {
+            c.runtime.delete_exited(id).await?;
+        } else {
+            c.runtime.delete(id).await?;
+        }
         if let Some(w) = c.oom_watch.take() {
             w.abort();
         }

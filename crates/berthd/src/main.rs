@@ -361,6 +361,7 @@ async fn run(mut args: Args) -> Result<()> {
         events.clone(),
     );
     runtime.recover().await;
+    runtime.warm_cgroups();
     let containers = Arc::new(berth_core::containers::Containers::new(meta.clone()));
     // Containers labelled for it are kept running, as containerd's restart monitor does.
     Arc::new(berth_runtime::restart::RestartMonitor {

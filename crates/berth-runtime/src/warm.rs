@@ -1,0 +1,155 @@
+//! The kernel's cgroup lock made ready before a container's processes are moved. Every write
+//! to a `cgroup.procs` file takes the cgroup threadgroup lock for writing, and the first
+//! writer after a quiet spell waits for an RCU grace period (~7.7 ms on this VM) before it
+//! gets it; writers in the grace period after that find it ready (0.08 ms). The runtime's
+//! moves come in a create's critical path, so berthd pays the wait early and off it: when a
+//! client prepares a container's rootfs snapshot or creates a container record (a task
+//! usually follows within milliseconds: `ctr run`, Docker) and when a task create arrives. A thread of the blocking pool
+//! moves berthd into the cgroup it is already in, which changes nothing but takes the lock.
+//! The shim does the same from its side when it starts (`berth-shim/src/warm.rs`); a warm
+//! lock makes its move as cheap as the container's. Any failure is ignored: this only saves
+//! time.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use berth_core::events::{Event, EventBus};
+
+/// A move this recent is still waiting for its grace period or has just had it: another one
+/// would change nothing.
+const RECENT: Duration = Duration::from_millis(5);
+
+pub struct CgroupWarmer {
+    /// The `cgroup.procs` file of berthd's own cgroup in one of its hierarchies.
+    procs: PathBuf,
+    last: Mutex<Option<Instant>>,
+}
+
+impl CgroupWarmer {
+    /// The warmer for the cgroup this process is in, if it has one with a `cgroup.procs`.
+    pub fn of_this_process() -> Option<Arc<Self>> {
+        use cgroups_rs::fs::{cgroup::get_cgroups_relative_paths, hierarchies, Cgroup};
+        let paths = get_cgroups_relative_paths().ok()?;
+        let cgroup = Cgroup::load_with_relative_paths(hierarchies::auto(), "", paths);
+        let procs = cgroup
+            .subsystems()
+            .iter()
+            .map(|s| s.to_controller().path().join("cgroup.procs"))
+            .find(|p| p.exists())?;
+        Some(Arc::new(CgroupWarmer {
+            procs,
+            last: Mutex::new(None),
+        }))
+    }
+
+    /// Starts the grace period now on a blocking thread, unless a move started it within
+    /// `RECENT`. Returns whether it started one.
+    pub fn warm(&self) -> bool {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RECENT) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let procs = self.procs.clone();
+        // "0" moves the writing thread's whole process: berthd, into its own cgroup.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::write(&procs, "0") {
+                tracing::debug!("cgroup warm-up through {}: {e}", procs.display());
+            }
+        });
+        true
+    }
+
+    /// Warms on every container record created, for as long as the bus runs.
+    pub fn follow(self: Arc<Self>, events: &EventBus) -> tokio::task::JoinHandle<()> {
+        let mut rx = events.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if announces_a_container(&e.event) => {
+                        self.warm();
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+}
+
+/// The events a container's create follows within milliseconds: its rootfs snapshot
+/// prepared by a client (`ctr run`, Docker; not a layer's `extract-` snapshot of an unpack)
+/// and its record created.
+fn announces_a_container(e: &Event) -> bool {
+    match e {
+        Event::ContainerCreate { .. } => true,
+        Event::SnapshotPrepare { key, .. } => !key.starts_with("extract-"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_warm_within_a_moment_is_skipped_and_a_container_create_warms() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        let w = Arc::new(CgroupWarmer {
+            procs: procs.clone(),
+            last: Mutex::new(None),
+        });
+        assert!(w.warm());
+        assert!(!w.warm());
+        tokio::time::sleep(RECENT * 2).await;
+        std::fs::remove_file(&procs).ok();
+
+        let bus = EventBus::default();
+        let follower = w.clone().follow(&bus);
+        let ns = berth_core::Namespace::new("default").unwrap();
+        bus.publish(
+            &ns,
+            Event::ContainerCreate {
+                id: "c1".into(),
+                image: String::new(),
+                runtime: String::new(),
+                runtime_options: None,
+            },
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&procs).ok().as_deref() != Some("0") {
+            assert!(
+                Instant::now() < deadline,
+                "no warm-up after a container create"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        follower.abort();
+    }
+
+    #[test]
+    fn a_rootfs_prepare_and_a_container_create_announce_a_container() {
+        let prepare = |key: &str| Event::SnapshotPrepare {
+            key: key.into(),
+            parent: "sha256:p".into(),
+            snapshotter: "overlayfs".into(),
+        };
+        assert!(announces_a_container(&prepare("c1")));
+        assert!(!announces_a_container(&prepare("extract-1-sha256:abc")));
+        assert!(!announces_a_container(&Event::ContainerDelete {
+            id: "c1".into()
+        }));
+    }
+
+    #[test]
+    fn this_process_has_a_cgroup_to_warm() {
+        let w = CgroupWarmer::of_this_process().expect("a cgroup.procs of this process");
+        assert!(w.procs.ends_with("cgroup.procs") && w.procs.exists());
+    }
+}
