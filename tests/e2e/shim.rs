@@ -97,6 +97,16 @@ fn berth_shim_runs_containers_under_berthd_as_root() {
         ],
     );
     assert_eq!(failed.status.code(), Some(7), "{}", out_of(&failed));
+    // The shim removes what it started itself: the cgroups in every hierarchy and
+    // berth-container's state.
+    for id in ["sl-echo", "sl-exit"] {
+        let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .map(|h| h.unwrap().path().join(ns).join(id))
+            .filter(|dir| dir.exists())
+            .collect();
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+    }
 
     // Detached, with exec, pause/resume, metrics, pids and kill.
     let mut run = vec!["run", "-d", "--runtime", BERTH, &img, "sl-long"];
