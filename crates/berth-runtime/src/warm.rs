@@ -18,14 +18,16 @@ use std::{
 
 use berth_core::events::{Event, EventBus};
 
-/// A move this recent is still waiting for its grace period or has just had it: another one
-/// would change nothing.
+/// A move that finished this recently has left the lock ready: another one would change
+/// nothing.
 const RECENT: Duration = Duration::from_millis(5);
 
 pub struct CgroupWarmer {
     /// The `cgroup.procs` file of berthd's own cgroup in one of its hierarchies.
     procs: PathBuf,
-    last: Mutex<Option<Instant>>,
+    /// Until when another warm-up would change nothing: while one is waiting for its grace
+    /// period, and for `RECENT` after it got the lock.
+    ready_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl CgroupWarmer {
@@ -39,28 +41,35 @@ impl CgroupWarmer {
             .iter()
             .map(|s| s.to_controller().path().join("cgroup.procs"))
             .find(|p| p.exists())?;
-        Some(Arc::new(CgroupWarmer {
-            procs,
-            last: Mutex::new(None),
-        }))
+        Some(Arc::new(CgroupWarmer::at(procs)))
     }
 
-    /// Starts the grace period now on a blocking thread, unless a move started it within
-    /// `RECENT`. Returns whether it started one.
+    fn at(procs: PathBuf) -> Self {
+        CgroupWarmer {
+            procs,
+            ready_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Starts the grace period now on a blocking thread, unless one is under way or ended
+    /// within `RECENT`. Returns whether it started one.
     pub fn warm(&self) -> bool {
         {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < RECENT) {
+            let mut until = lock(&self.ready_until);
+            if until.is_some_and(|t| Instant::now() < t) {
                 return false;
             }
-            *last = Some(Instant::now());
+            // Under way: nothing ends it but its own end.
+            *until = Some(Instant::now() + Duration::from_secs(3600));
         }
         let procs = self.procs.clone();
+        let ready_until = self.ready_until.clone();
         // "0" moves the writing thread's whole process: berthd, into its own cgroup.
         tokio::task::spawn_blocking(move || {
             if let Err(e) = std::fs::write(&procs, "0") {
                 tracing::debug!("cgroup warm-up through {}: {e}", procs.display());
             }
+            *lock(&ready_until) = Some(Instant::now() + RECENT);
         });
         true
     }
@@ -82,6 +91,10 @@ impl CgroupWarmer {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The events a container's create follows within milliseconds: its rootfs snapshot
 /// prepared by a client (`ctr run`, Docker; not a layer's `extract-` snapshot of an unpack)
 /// and its record created.
@@ -98,15 +111,18 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_warm_within_a_moment_is_skipped_and_a_container_create_warms() {
+    async fn a_warm_under_way_or_just_ended_is_enough_and_a_container_create_warms() {
         let dir = tempfile::tempdir().unwrap();
         let procs = dir.path().join("cgroup.procs");
-        let w = Arc::new(CgroupWarmer {
-            procs: procs.clone(),
-            last: Mutex::new(None),
-        });
+        let w = Arc::new(CgroupWarmer::at(procs.clone()));
         assert!(w.warm());
         assert!(!w.warm());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&w.ready_until).is_some_and(|t| t < Instant::now() + RECENT * 2) {
+            assert!(Instant::now() < deadline, "the warm-up never ended");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!w.warm(), "just after a warm-up ended");
         tokio::time::sleep(RECENT * 2).await;
         std::fs::remove_file(&procs).ok();
 
