@@ -11,7 +11,7 @@
 //! time.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -31,16 +31,11 @@ pub struct CgroupWarmer {
 }
 
 impl CgroupWarmer {
-    /// The warmer for the cgroup this process is in, if it has one with a `cgroup.procs`.
+    /// The warmer for the cgroup this process is in, if it has one with a `cgroup.procs`
+    /// under `/sys/fs/cgroup`.
     pub fn of_this_process() -> Option<Arc<Self>> {
-        use cgroups_rs::fs::{cgroup::get_cgroups_relative_paths, hierarchies, Cgroup};
-        let paths = get_cgroups_relative_paths().ok()?;
-        let cgroup = Cgroup::load_with_relative_paths(hierarchies::auto(), "", paths);
-        let procs = cgroup
-            .subsystems()
-            .iter()
-            .map(|s| s.to_controller().path().join("cgroup.procs"))
-            .find(|p| p.exists())?;
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let procs = own_procs_file(&cgroups, Path::new("/sys/fs/cgroup"), std::process::id())?;
         Some(Arc::new(CgroupWarmer::at(procs)))
     }
 
@@ -89,6 +84,34 @@ impl CgroupWarmer {
             }
         })
     }
+}
+
+/// The `cgroup.procs` of this process's cgroup, looked for where hierarchies are mounted by
+/// convention (`<root>/<controllers>` for v1, `<root>` or `<root>/unified` for v2) from its
+/// `/proc/self/cgroup` lines. A candidate counts only if it lists `pid`: writing "0" there
+/// then moves the process where it already is, whatever the mount table says.
+fn own_procs_file(cgroups: &str, root: &Path, pid: u32) -> Option<PathBuf> {
+    let pid = pid.to_string();
+    cgroups
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let path = path.trim_start_matches('/');
+            let dirs = if controllers.is_empty() {
+                vec![root.join(path), root.join("unified").join(path)]
+            } else {
+                vec![root
+                    .join(controllers.trim_start_matches("name="))
+                    .join(path)]
+            };
+            Some(dirs)
+        })
+        .flatten()
+        .map(|dir| dir.join("cgroup.procs"))
+        .find(|procs| {
+            std::fs::read_to_string(procs).is_ok_and(|text| text.lines().any(|l| l == pid))
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +184,31 @@ mod tests {
         assert!(!announces_a_container(&Event::ContainerDelete {
             id: "c1".into()
         }));
+    }
+
+    #[test]
+    fn the_procs_file_is_one_that_lists_this_process() {
+        let root = tempfile::tempdir().unwrap();
+        let file = |rel: &str, text: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        // The memory hierarchy's directory exists but does not list the process: skipped.
+        file("memory/a/b/cgroup.procs", "1\n2\n");
+        file("cpu,cpuacct/a/cgroup.procs", "7\n42\n");
+        file("unified/a/cgroup.procs", "42\n");
+        let cgroups = "5:memory:/a/b\n4:cpu,cpuacct:/a\n0::/a\n";
+        assert_eq!(
+            own_procs_file(cgroups, root.path(), 42),
+            Some(root.path().join("cpu,cpuacct/a/cgroup.procs"))
+        );
+        assert_eq!(
+            own_procs_file("0::/a\n", root.path(), 42),
+            Some(root.path().join("unified/a/cgroup.procs"))
+        );
+        assert_eq!(own_procs_file(cgroups, root.path(), 9), None);
+        assert_eq!(own_procs_file("garbage", root.path(), 42), None);
     }
 
     #[test]
