@@ -97,8 +97,8 @@ fn berth_shim_runs_containers_under_berthd_as_root() {
         ],
     );
     assert_eq!(failed.status.code(), Some(7), "{}", out_of(&failed));
-    // The shim removes what it started itself: the cgroups in every hierarchy and
-    // berth-container's state.
+    // The shim removes an exited container's cgroups itself: none is left in any
+    // hierarchy.
     for id in ["sl-echo", "sl-exit"] {
         let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
             .unwrap()

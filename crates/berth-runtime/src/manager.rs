@@ -200,7 +200,7 @@ impl Drop for Reservation {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -223,8 +223,8 @@ impl ShimManager {
         })
     }
 
-    /// From now on, readies the kernel's cgroup lock when a container record is created and
-    /// when a task create arrives, so that the runtime's moves into cgroups do not wait
+    /// From now on, readies the kernel's cgroup lock when a client prepares a rootfs, creates
+    /// a container record or a task, so that the runtime's moves into cgroups do not wait
     /// (`warm.rs`). Does nothing where this process has no cgroup to move into.
     pub fn warm_cgroups(&self) {
         if let Some(w) = CgroupWarmer::of_this_process() {

@@ -4,8 +4,9 @@
 //! gets it; writers in the grace period after that find it ready (0.08 ms). The runtime's
 //! moves come in a create's critical path, so berthd pays the wait early and off it: when a
 //! client prepares a container's rootfs snapshot or creates a container record (a task
-//! usually follows within milliseconds: `ctr run`, Docker) and when a task create arrives. A thread of the blocking pool
-//! moves berthd into the cgroup it is already in, which changes nothing but takes the lock.
+//! usually follows within milliseconds: `ctr run`, Docker) and when a task create arrives.
+//! A thread of the blocking pool moves berthd into the cgroup it is already in, which
+//! changes nothing but takes the lock.
 //! The shim does the same from its side when it starts (`berth-shim/src/warm.rs`); a warm
 //! lock makes its move as cheap as the container's. Any failure is ignored: this only saves
 //! time.
@@ -18,6 +19,8 @@ use std::{
 
 use berth_core::events::{Event, EventBus};
 
+use crate::manager::lock;
+
 /// A move that finished this recently has left the lock ready: another one would change
 /// nothing.
 const RECENT: Duration = Duration::from_millis(5);
@@ -25,9 +28,18 @@ const RECENT: Duration = Duration::from_millis(5);
 pub struct CgroupWarmer {
     /// The `cgroup.procs` file of berthd's own cgroup in one of its hierarchies.
     procs: PathBuf,
-    /// Until when another warm-up would change nothing: while one is waiting for its grace
-    /// period, and for `RECENT` after it got the lock.
-    ready_until: Arc<Mutex<Option<Instant>>>,
+    lock_state: Arc<Mutex<LockState>>,
+}
+
+/// Where the last warm-up is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LockState {
+    /// None yet, or its readiness has passed: the next one waits out a grace period.
+    Cold,
+    /// A warm-up is waiting for its grace period; another would only wait for the same.
+    Warming,
+    /// A warm-up got the lock; until then another would change nothing.
+    ReadyUntil(Instant),
 }
 
 impl CgroupWarmer {
@@ -42,7 +54,7 @@ impl CgroupWarmer {
     fn at(procs: PathBuf) -> Self {
         CgroupWarmer {
             procs,
-            ready_until: Arc::new(Mutex::new(None)),
+            lock_state: Arc::new(Mutex::new(LockState::Cold)),
         }
     }
 
@@ -50,26 +62,26 @@ impl CgroupWarmer {
     /// within `RECENT`. Returns whether it started one.
     pub fn warm(&self) -> bool {
         {
-            let mut until = lock(&self.ready_until);
-            if until.is_some_and(|t| Instant::now() < t) {
-                return false;
+            let mut state = lock(&self.lock_state);
+            match *state {
+                LockState::Warming => return false,
+                LockState::ReadyUntil(t) if Instant::now() < t => return false,
+                _ => *state = LockState::Warming,
             }
-            // Under way: nothing ends it but its own end.
-            *until = Some(Instant::now() + Duration::from_secs(3600));
         }
         let procs = self.procs.clone();
-        let ready_until = self.ready_until.clone();
+        let lock_state = self.lock_state.clone();
         // "0" moves the writing thread's whole process: berthd, into its own cgroup.
         tokio::task::spawn_blocking(move || {
             if let Err(e) = std::fs::write(&procs, "0") {
                 tracing::debug!("cgroup warm-up through {}: {e}", procs.display());
             }
-            *lock(&ready_until) = Some(Instant::now() + RECENT);
+            *lock(&lock_state) = LockState::ReadyUntil(Instant::now() + RECENT);
         });
         true
     }
 
-    /// Warms on every container record created, for as long as the bus runs.
+    /// Warms on every event that announces a container, for as long as the bus runs.
     pub fn follow(self: Arc<Self>, events: &EventBus) -> tokio::task::JoinHandle<()> {
         let mut rx = events.subscribe();
         tokio::spawn(async move {
@@ -114,10 +126,6 @@ fn own_procs_file(cgroups: &str, root: &Path, pid: u32) -> Option<PathBuf> {
         })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The events a container's create follows within milliseconds: its rootfs snapshot
 /// prepared by a client (`ctr run`, Docker; not a layer's `extract-` snapshot of an unpack)
 /// and its record created.
@@ -141,12 +149,20 @@ mod tests {
         assert!(w.warm());
         assert!(!w.warm());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !lock(&w.ready_until).is_some_and(|t| t < Instant::now() + RECENT * 2) {
+        while !matches!(*lock(&w.lock_state), LockState::ReadyUntil(_)) {
             assert!(Instant::now() < deadline, "the warm-up never ended");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(!w.warm(), "just after a warm-up ended");
-        tokio::time::sleep(RECENT * 2).await;
+        // Ready: nothing to do until the readiness has passed.
+        *lock(&w.lock_state) = LockState::ReadyUntil(Instant::now() + Duration::from_secs(60));
+        assert!(!w.warm(), "while the lock is ready");
+        *lock(&w.lock_state) = LockState::ReadyUntil(Instant::now() - Duration::from_millis(1));
+        assert!(w.warm(), "once its readiness has passed");
+        while !matches!(*lock(&w.lock_state), LockState::ReadyUntil(_)) {
+            assert!(Instant::now() < deadline, "the warm-up never ended");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        *lock(&w.lock_state) = LockState::Cold;
         std::fs::remove_file(&procs).ok();
 
         let bus = EventBus::default();

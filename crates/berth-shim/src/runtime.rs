@@ -273,8 +273,8 @@ impl Runtime {
         self.run(cmd, InvocationStdio::default(), "resume").await
     }
 
-    /// Deletes a container whose init has exited and been reaped. One of berth's own the
-    /// shim removes itself when only its cgroups and state are left to remove.
+    /// Deletes a container whose init has exited and been reaped. The shim removes one of
+    /// berth's own runtime itself when only its cgroups and state are left to remove.
     pub async fn delete_exited(&self, id: &str) -> Result<(), Error> {
         if let Some(state) = self.own_state(id).filter(OwnState::removable_by_shim) {
             let started = std::time::Instant::now();
