@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::error::{Error, Result};
 
@@ -21,16 +21,7 @@ fn errno(what: String) -> impl FnOnce(rustix::io::Errno) -> Error {
 }
 
 fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<OwnedFd> {
-    let rel = path.trim_start_matches('/');
-    let rel = if rel.is_empty() { "." } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| match e {
+    berth_inroot::open(root, path, flags, Mode::empty()).map_err(|e| match e {
         rustix::io::Errno::NOENT => Error::NoSuchObject(format!("path {path} in the container")),
         e => Error::Io {
             what: format!("open {path} in the container"),

@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use crate::digest::{Digest, Hasher};
@@ -146,14 +146,8 @@ fn join(parts: &[OsString]) -> PathBuf {
 fn open_dir(root: &OwnedFd, rel: &[OsString]) -> io::Result<OwnedFd> {
     let p = join(rel);
     let p: &Path = if rel.is_empty() { Path::new(".") } else { &p };
-    rustix::fs::openat2(
-        root,
-        p,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(io::Error::from)
+    berth_inroot::open(root, p, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        .map_err(io::Error::from)
 }
 
 /// Opens the parent directory, creating missing directories on the way. A dangling

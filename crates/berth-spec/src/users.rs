@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
 /// The process identity for the spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,13 +33,7 @@ pub fn read_merged(layers: &[PathBuf], path: &str) -> Option<String> {
             Mode::empty(),
         )
         .ok()?;
-        match rustix::fs::openat2(
-            &root,
-            path.trim_start_matches('/'),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) {
+        match berth_inroot::open(&root, path, OFlags::RDONLY, Mode::empty()) {
             Ok(fd) => {
                 let f = std::fs::File::from(fd);
                 if f.metadata().is_ok_and(|m| !m.is_file()) {
