@@ -291,6 +291,97 @@ mod tests {
         assert!(dir.path().join("d/sub/x").is_file());
     }
 
+    /// Makes `openat2` answer `ENOSYS` for the calling thread only, as a kernel older than
+    /// 5.6 (or a sandbox that does not know the call) would.
+    #[cfg(target_arch = "x86_64")]
+    fn refuse_openat2_in_this_thread() {
+        const NR_OPENAT2: u32 = 437;
+        let filter = [
+            // The syscall number, at offset 0 of seccomp_data.
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: NR_OPENAT2,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ];
+        let program = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: plain prctl calls; both attributes (no_new_privs, the filter) belong to the
+        // calling thread alone, and `program` points at `filter`, which outlives the call
+        // (the kernel copies the program).
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog
+                ),
+                0
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn without_openat2_open_walks_and_stays_inside() {
+        let (dir, root) = tree();
+        let passwd = ino(&dir.path().join("etc/passwd"));
+        // A thread of its own: the filter dies with it. Other tests may then walk too, which
+        // resolves the same.
+        std::thread::spawn(move || {
+            refuse_openat2_in_this_thread();
+            assert_eq!(
+                rustix::fs::openat2(
+                    &root,
+                    "etc",
+                    OFlags::RDONLY,
+                    Mode::empty(),
+                    ResolveFlags::IN_ROOT
+                )
+                .unwrap_err(),
+                Errno::NOSYS
+            );
+            for path in [
+                "/etc/passwd",
+                "up/passwd",
+                "d/chain",
+                "abs/../../etc/passwd",
+            ] {
+                let got = outcome(open(&root, path, OFlags::RDONLY, Mode::empty()));
+                assert_eq!(got, Ok(passwd), "{path:?}");
+            }
+            assert!(NO_OPENAT2.load(Ordering::Relaxed));
+            assert_eq!(
+                outcome(open(&root, "loop1", OFlags::RDONLY, Mode::empty())),
+                Err(Errno::LOOP)
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn too_many_symlinks_is_a_loop() {
         let (dir, root) = tree();
