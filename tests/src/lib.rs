@@ -257,6 +257,55 @@ fn with_shim_under_test(config: &str) -> String {
     )
 }
 
+/// Has `cmd`'s process start with a seccomp filter under which `openat2` answers ENOSYS (and
+/// every other call is allowed); its children inherit it.
+fn refuse_openat2(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const NR_OPENAT2: u32 = 437;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter: &'static [libc::sock_filter] = Box::leak(Box::new([
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: NR_OPENAT2,
+        },
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ]));
+    let program: &'static libc::sock_fprog = Box::leak(Box::new(libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    }));
+    // An address, so that the closure is Send and Sync (the program holds a raw pointer).
+    let program = program as *const libc::sock_fprog as usize;
+    // SAFETY: between fork and exec the closure makes two prctl calls (async-signal-safe
+    // system calls) on memory prepared before the fork and never freed.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A berthd on temporary root/state directories.
 pub struct Berthd {
     child: Option<Child>,
@@ -265,6 +314,8 @@ pub struct Berthd {
     pub state: PathBuf,
     pub socket: PathBuf,
     config: Option<PathBuf>,
+    /// Started with `openat2` answering ENOSYS, as on a kernel older than 5.6.
+    without_openat2: bool,
 }
 
 impl Berthd {
@@ -272,8 +323,23 @@ impl Berthd {
         Self::start_with_config("")
     }
 
+    /// A berthd (and so its shims and runtimes) on which `openat2` answers ENOSYS, through a
+    /// seccomp filter it inherits: what a kernel older than 5.6 does.
+    pub fn start_without_openat2() -> Self {
+        let mut d = Self::prepare("");
+        d.without_openat2 = true;
+        d.spawn();
+        d
+    }
+
     /// A berthd reading `config` (TOML) as its configuration file.
     pub fn start_with_config(config: &str) -> Self {
+        let mut d = Self::prepare(config);
+        d.spawn();
+        d
+    }
+
+    fn prepare(config: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e")
             .tempdir()
@@ -288,16 +354,15 @@ impl Berthd {
             p
         });
         live_enter();
-        let mut d = Berthd {
+        Berthd {
             child: None,
             dir,
             root,
             state,
             socket,
             config,
-        };
-        d.spawn();
-        d
+            without_openat2: false,
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -309,6 +374,9 @@ impl Berthd {
         let mut cmd = Command::new(berthd_binary());
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
+        }
+        if self.without_openat2 {
+            refuse_openat2(&mut cmd);
         }
         let child = cmd
             .arg("--root")
