@@ -925,50 +925,62 @@ fn root_publish_subcommand_delivers_a_shim_event() {
     assert!(lines[0].contains("published-by-shim"), "{text}");
 }
 
+/// Pulls and runs an image whose second layer writes through symlinks: its own (relative
+/// and escaping, absolute) and one that only the first layer has. Everything lands where
+/// the links point with the snapshot as root, as on containerd's merged view, nothing
+/// outside, and the container reads it.
+fn layers_through_symlinks_unpack_inside_and_run(d: &Berthd, reg: &Registry, tag: &str) {
+    let mut l1 = busybox_layer();
+    l1.extend([
+        Entry::Dir("tmp", 0o1777),
+        Entry::Symlink("lower-up", "../../../../../../tmp"),
+    ]);
+    let l2 = vec![
+        Entry::Symlink("up", "../../../../../../tmp"),
+        Entry::Symlink("abs", "/tmp"),
+        Entry::File(format!("up/berth-{tag}-up"), b"up ".to_vec(), 0o644),
+        Entry::File(format!("abs/berth-{tag}-abs"), b"abs ".to_vec(), 0o644),
+        Entry::File(
+            format!("lower-up/berth-{tag}-lower"),
+            b"lower".to_vec(),
+            0o644,
+        ),
+    ];
+    let reference = OciImage::build(&[l1, l2]).push(reg, tag);
+    let files = ["up", "abs", "lower"].map(|f| format!("/tmp/berth-{tag}-{f}"));
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    d.ctr_ok("default", &["images", "pull", "--plain-http", &reference]);
+    for f in &files {
+        assert!(
+            !std::path::Path::new(f).exists(),
+            "{f}: a layer wrote outside its snapshot"
+        );
+    }
+    let mut args = vec!["run", "--rm", &reference, tag, "cat"];
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(d.ctr_ok("default", &args), "up abs lower");
+    assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
+}
+
+#[test]
+fn root_layers_write_through_their_own_and_lower_symlinks_inside() {
+    let reg = Registry::start();
+    let d = Berthd::start();
+    layers_through_symlinks_unpack_inside_and_run(&d, &reg, "through-links");
+}
+
 #[test]
 fn root_without_openat2_layers_unpack_inside_and_the_image_runs() {
     // A kernel older than 5.6 has no openat2: berthd walks each path itself and must land
     // where the kernel would have, inside the snapshot.
     let reg = Registry::start();
-    let mut l1 = busybox_layer();
-    l1.push(Entry::Dir("tmp", 0o1777));
-    // The symlinks and the files written through them in one layer.
-    let l2 = vec![
-        Entry::Symlink("up", "../../../../../../tmp"),
-        Entry::Symlink("abs", "/tmp"),
-        Entry::File("up/berth-no-openat2-up".into(), b"up ".to_vec(), 0o644),
-        Entry::File("abs/berth-no-openat2-abs".into(), b"abs".to_vec(), 0o644),
-    ];
-    let reference = OciImage::build(&[l1, l2]).push(&reg, "no-openat2");
-    let outside = ["/tmp/berth-no-openat2-up", "/tmp/berth-no-openat2-abs"];
-    for f in outside {
-        let _ = std::fs::remove_file(f);
-    }
     let d = Berthd::start_without_openat2();
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     assert!(
         status.lines().any(|l| l == "Seccomp:\t2"),
         "berthd runs without its filter: {status}"
     );
-    d.ctr_ok("default", &["images", "pull", "--plain-http", &reference]);
-    for f in outside {
-        assert!(
-            !std::path::Path::new(f).exists(),
-            "{f}: a layer wrote outside its snapshot"
-        );
-    }
-    let out = d.ctr_ok(
-        "default",
-        &[
-            "run",
-            "--rm",
-            &reference,
-            "no-openat2",
-            "cat",
-            "/tmp/berth-no-openat2-up",
-            "/tmp/berth-no-openat2-abs",
-        ],
-    );
-    assert_eq!(out, "up abs");
-    assert!(d.leftover_mounts().is_empty(), "{:?}", d.leftover_mounts());
+    layers_through_symlinks_unpack_inside_and_run(&d, &reg, "no-openat2");
 }

@@ -1,8 +1,10 @@
 //! The layer applier: unpacks an OCI layer (tar, optionally gzip or zstd) into a snapshot
 //! directory, producing the tree the image spec defines: whiteouts and opaque directories
 //! remove what lower layers had, hardlinks, symlinks, devices, owners, modes, xattrs and
-//! times are kept. Every path is resolved with `openat2(RESOLVE_IN_ROOT)`, so `..`,
-//! absolute symlinks and symlinked parents can never reach outside the snapshot.
+//! times are kept. Every path is resolved as if the snapshot were `/` (`berth-inroot`:
+//! `openat2(RESOLVE_IN_ROOT)`, or the same walk in user space without it), so `..`, absolute
+//! symlinks and symlinked parents can never reach outside the snapshot. A parent that is a
+//! symlink in a lower layer is followed too, as on the merged view.
 //!
 //! Applied to an overlay upper directory, whiteouts are written in overlayfs' own form
 //! (a 0/0 character device, `trusted.overlay.opaque=y`) instead of deleting anything.
@@ -175,27 +177,19 @@ fn open_parent_depth(
         match open_dir(root, &parent[..i]) {
             Ok(_) => continue,
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                // A symlink of a lower layer is followed, as on the merged view containerd
+                // applies to, rather than hidden behind a directory made here.
+                if let Some(target) = up.lower_symlink(&parent[..i]) {
+                    let resolved = through_symlink(parent, i, &target);
+                    return open_parent_depth(root, &resolved, depth + 1, up);
+                }
                 let up_dir = open_dir(root, &parent[..i - 1])?;
                 let name = parent[i - 1].as_os_str();
                 match rustix::fs::mkdirat(&up_dir, name, Mode::from_raw_mode(0o755)) {
                     Ok(()) => up.copy(&up_dir, &parent[..i])?,
                     Err(Errno::EXIST) => {
                         let target = rustix::fs::readlinkat(&up_dir, name, Vec::new())?;
-                        let mut resolved: Vec<OsString> = if target.as_bytes().starts_with(b"/") {
-                            Vec::new()
-                        } else {
-                            parent[..i - 1].to_vec()
-                        };
-                        for part in target.as_bytes().split(|b| *b == b'/') {
-                            match part {
-                                b"" | b"." => {}
-                                b".." => {
-                                    resolved.pop();
-                                }
-                                p => resolved.push(OsString::from_vec(p.to_vec())),
-                            }
-                        }
-                        resolved.extend_from_slice(&parent[i..]);
+                        let resolved = through_symlink(parent, i, target.as_bytes());
                         return open_parent_depth(root, &resolved, depth + 1, up);
                     }
                     Err(e) => return Err(e.into()),
@@ -205,6 +199,27 @@ fn open_parent_depth(
         }
     }
     open_dir(root, parent)
+}
+
+/// `path` with its first `i` components replaced by where the symlink at `path[..i]`, whose
+/// target is `target`, points: lexically, `..` never above the root.
+fn through_symlink(path: &[OsString], i: usize, target: &[u8]) -> Vec<OsString> {
+    let mut resolved: Vec<OsString> = if target.starts_with(b"/") {
+        Vec::new()
+    } else {
+        path[..i - 1].to_vec()
+    };
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                resolved.pop();
+            }
+            p => resolved.push(OsString::from_vec(p.to_vec())),
+        }
+    }
+    resolved.extend_from_slice(&path[i..]);
+    resolved
 }
 
 /// The lower layers of an overlay, for copying up the directories a layer adds to.
@@ -218,6 +233,8 @@ struct CopyUp<'a> {
 
 enum Lower {
     Dir(rustix::fs::Stat, OwnedFd),
+    /// A symlink, with its target.
+    Symlink(Vec<u8>),
     /// Deleted or replaced by a non-directory in this lower, or hidden by an opaque parent.
     Hidden,
     Absent,
@@ -242,6 +259,14 @@ fn look_in_lower(lower: &OwnedFd, rel: &[OsString]) -> Lower {
                 ) {
                     Ok(fd) => Lower::Dir(st, fd),
                     Err(_) => Lower::Hidden,
+                };
+            }
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                return match rustix::fs::readlinkat(&pdir, name.as_os_str(), Vec::new()) {
+                    Ok(target) if !target.as_bytes().is_empty() => {
+                        Lower::Symlink(target.into_bytes())
+                    }
+                    _ => Lower::Hidden,
                 };
             }
             Ok(_) => return Lower::Hidden,
@@ -277,6 +302,18 @@ fn look_in_lower(lower: &OwnedFd, rel: &[OsString]) -> Lower {
 }
 
 impl CopyUp<'_> {
+    /// The target of the symlink the topmost lower holding `rel` has there, if it is one.
+    fn lower_symlink(&self, rel: &[OsString]) -> Option<Vec<u8>> {
+        for lower in self.lowers {
+            match look_in_lower(lower, rel) {
+                Lower::Absent => continue,
+                Lower::Symlink(target) => return Some(target),
+                Lower::Dir(..) | Lower::Hidden => return None,
+            }
+        }
+        None
+    }
+
     /// Gives the directory just made at `rel` (in `parent`) the attributes of the topmost
     /// lower directory at that path.
     fn copy(&mut self, parent: &OwnedFd, rel: &[OsString]) -> io::Result<()> {
@@ -287,7 +324,7 @@ impl CopyUp<'_> {
         for lower in self.lowers {
             match look_in_lower(lower, rel) {
                 Lower::Absent => continue,
-                Lower::Hidden => return Ok(()),
+                Lower::Hidden | Lower::Symlink(_) => return Ok(()),
                 Lower::Dir(st, from) => {
                     let fd = rustix::fs::openat(
                         parent,
@@ -515,11 +552,26 @@ pub fn copy_up(upper: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()>
         times: &mut times,
         made: &mut made,
     };
+    let mut moved: Vec<Vec<OsString>> = Vec::new();
     for d in dirs {
         let rel = clean_path(d.as_os_str().as_bytes())?;
+        if moved.iter().any(|m| rel.starts_with(m)) {
+            continue; // went with the directory above it
+        }
         let Some((_, parent)) = rel.split_last() else {
             continue;
         };
+        // Where a lower layer has a symlink, the layer's entries below it belong where the
+        // symlink points, as they would have gone had the layer been applied onto its lowers.
+        if let Some(target) = up.lower_symlink(&rel) {
+            let to = through_symlink(&rel, rel.len(), &target);
+            if !to.starts_with(&rel) {
+                move_below(&root, &rel, &to, &mut up)
+                    .map_err(Error::io("move what the layer put below", upper.join(d)))?;
+                moved.push(rel);
+                continue;
+            }
+        }
         let pfd = open_dir(&root, parent).map_err(Error::io("open", upper.join(d)))?;
         up.copy(&pfd, &rel)
             .map_err(Error::io("copy up", upper.join(d)))?;
@@ -527,6 +579,86 @@ pub fn copy_up(upper: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()>
     for t in times.iter().rev() {
         if let Ok(fd) = open_dir(&root, &t.path) {
             let _ = rustix::fs::futimens(&fd, &t.times);
+        }
+    }
+    Ok(())
+}
+
+/// Moves the entries of the directory `from` (one this layer made where a lower layer has a
+/// symlink) into the directory `to`, made (with copy-ups) if the layer lacks it, and removes
+/// `from`. Where both hold an entry of a name, two directories merge and otherwise the moved
+/// entry wins.
+fn move_below(
+    root: &OwnedFd,
+    from: &[OsString],
+    to: &[OsString],
+    up: &mut CopyUp<'_>,
+) -> io::Result<()> {
+    let src = open_dir(root, from)?;
+    let dst = open_parent(root, to, up)?;
+    if same_file(&src, &dst)? {
+        return Ok(()); // the symlink leads back here: nothing to move
+    }
+    merge_into(&src, &dst)?;
+    let (name, parent) = from
+        .split_last()
+        .expect("a moved directory is not the root");
+    rustix::fs::unlinkat(
+        open_dir(root, parent)?,
+        name.as_os_str(),
+        AtFlags::REMOVEDIR,
+    )?;
+    Ok(())
+}
+
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> io::Result<bool> {
+    let (a, b) = (rustix::fs::fstat(a)?, rustix::fs::fstat(b)?);
+    Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+}
+
+fn merge_into(src: &OwnedFd, dst: &OwnedFd) -> io::Result<()> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(src)? {
+        let n = e?.file_name().to_bytes().to_vec();
+        if n != b"." && n != b".." {
+            names.push(OsString::from_vec(n));
+        }
+    }
+    for name in names {
+        let is_dir = |at: &OwnedFd| {
+            rustix::fs::statat(at, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        };
+        match rustix::fs::renameat_with(
+            src,
+            name.as_os_str(),
+            dst,
+            name.as_os_str(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(Errno::EXIST) if is_dir(src) && is_dir(dst) => {
+                let open = |at: &OwnedFd| {
+                    rustix::fs::openat(
+                        at,
+                        name.as_os_str(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                };
+                let (from, into) = (open(src)?, open(dst)?);
+                if !same_file(&from, &into)? {
+                    merge_into(&from, &into)?;
+                    rustix::fs::unlinkat(src, name.as_os_str(), AtFlags::REMOVEDIR)?;
+                }
+            }
+            Err(Errno::EXIST) => {
+                if is_dir(dst) {
+                    remove_all_at(dst, &name)?;
+                }
+                rustix::fs::renameat(src, name.as_os_str(), dst, name.as_os_str())?;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -1121,6 +1253,99 @@ mod tests {
             "x"
         );
         assert_eq!(std::fs::read_to_string(root.join("pwned2")).unwrap(), "y");
+    }
+
+    /// A lower layer with `tmp` (1777) and the symlinks `up -> ../../../tmp`, `abs -> /tmp`.
+    fn lower_with_symlinks(t: &Path) -> PathBuf {
+        let lower = t.join("lower");
+        std::fs::create_dir_all(lower.join("tmp")).unwrap();
+        std::fs::set_permissions(
+            lower.join("tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../../../tmp", lower.join("up")).unwrap();
+        std::os::unix::fs::symlink("/tmp", lower.join("abs")).unwrap();
+        lower
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o7777
+    }
+
+    #[test]
+    fn a_lower_layers_symlinked_parent_is_followed_when_applied_onto_it() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = lower_with_symlinks(t.path());
+        let upper = t.path().join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let layer = Layer::new()
+            .file("up/f", "f")
+            .file("abs/sub/g", "g")
+            .bytes();
+        apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(vec![lower])).unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("tmp/f")).unwrap(), "f");
+        assert_eq!(
+            std::fs::read_to_string(upper.join("tmp/sub/g")).unwrap(),
+            "g"
+        );
+        assert!(!upper.join("up").exists() && !upper.join("abs").exists());
+        assert_eq!(mode_of(&upper.join("tmp")), 0o1777, "tmp copied up");
+    }
+
+    #[test]
+    fn a_lower_layers_symlinked_parent_is_followed_at_commit() {
+        let t = tempfile::tempdir().unwrap();
+        let upper = t.path().join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        // Applied before its lowers exist (a pull's layers side by side), then copied up.
+        let layer = Layer::new()
+            .file("up/f", "f")
+            .file("abs/sub/g", "g")
+            .file("tmp/sub/h", "h")
+            .bytes();
+        let applied =
+            apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
+        let lower = lower_with_symlinks(t.path());
+        copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("tmp/f")).unwrap(), "f");
+        assert_eq!(
+            std::fs::read_to_string(upper.join("tmp/sub/g")).unwrap(),
+            "g"
+        );
+        assert_eq!(
+            std::fs::read_to_string(upper.join("tmp/sub/h")).unwrap(),
+            "h"
+        );
+        assert!(!upper.join("up").exists() && !upper.join("abs").exists());
+        assert_eq!(mode_of(&upper.join("tmp")), 0o1777, "tmp copied up");
+    }
+
+    #[test]
+    fn a_lower_symlink_out_of_the_root_moves_entries_inside_it() {
+        let (t, upper, outside) = sandbox();
+        let layer = Layer::new().file("esc/pwned", "x").bytes();
+        let applied =
+            apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
+        let lower = t.path().join("lower");
+        std::fs::create_dir_all(&lower).unwrap();
+        let out = outside.to_str().unwrap().to_owned();
+        std::os::unix::fs::symlink(format!("../../../../..{out}"), lower.join("esc")).unwrap();
+        copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        outside_untouched(&outside);
+        let inside = upper.join(out.trim_start_matches('/')).join("pwned");
+        assert_eq!(std::fs::read_to_string(inside).unwrap(), "x");
+        // A symlink back into itself moves nothing.
+        let (t2, upper2, _) = sandbox();
+        let layer = Layer::new().file("loop/f", "f").bytes();
+        let applied =
+            apply_layer(&upper2, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
+        let lower2 = t2.path().join("lower");
+        std::fs::create_dir_all(&lower2).unwrap();
+        std::os::unix::fs::symlink("loop/inner", lower2.join("loop")).unwrap();
+        copy_up(&upper2, &[lower2], &applied.implicit_dirs).unwrap();
+        assert_eq!(std::fs::read_to_string(upper2.join("loop/f")).unwrap(), "f");
     }
 
     #[test]
