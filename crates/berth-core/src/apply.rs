@@ -1285,11 +1285,16 @@ mod tests {
             .file("abs/sub/g", "g")
             .bytes();
         apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(vec![lower])).unwrap();
-        assert_eq!(std::fs::read_to_string(upper.join("tmp/f")).unwrap(), "f");
-        assert_eq!(
-            std::fs::read_to_string(upper.join("tmp/sub/g")).unwrap(),
-            "g"
-        );
+        assert_all_in_tmp(&upper, &[("f", "f"), ("sub/g", "g")]);
+    }
+
+    /// The files (path below `tmp`, contents) are in the upper's `tmp`, copied up with the
+    /// lower's mode, and nothing was left under the symlinks' names.
+    fn assert_all_in_tmp(upper: &Path, files: &[(&str, &str)]) {
+        for (path, text) in files {
+            let got = std::fs::read_to_string(upper.join("tmp").join(path)).unwrap();
+            assert_eq!(&got, text, "tmp/{path}");
+        }
         assert!(!upper.join("up").exists() && !upper.join("abs").exists());
         assert_eq!(mode_of(&upper.join("tmp")), 0o1777, "tmp copied up");
     }
@@ -1309,43 +1314,39 @@ mod tests {
             apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
         let lower = lower_with_symlinks(t.path());
         copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
-        assert_eq!(std::fs::read_to_string(upper.join("tmp/f")).unwrap(), "f");
-        assert_eq!(
-            std::fs::read_to_string(upper.join("tmp/sub/g")).unwrap(),
-            "g"
-        );
-        assert_eq!(
-            std::fs::read_to_string(upper.join("tmp/sub/h")).unwrap(),
-            "h"
-        );
-        assert!(!upper.join("up").exists() && !upper.join("abs").exists());
-        assert_eq!(mode_of(&upper.join("tmp")), 0o1777, "tmp copied up");
+        assert_all_in_tmp(&upper, &[("f", "f"), ("sub/g", "g"), ("sub/h", "h")]);
     }
 
-    #[test]
-    fn a_lower_symlink_out_of_the_root_moves_entries_inside_it() {
+    /// Applies a one-file layer at `file` before its lowers exist, then copies it up over a
+    /// lower that has the symlink `link -> target(the sandbox's outside directory)`.
+    fn applied_then_copied_up(
+        file: &str,
+        link: &str,
+        target: impl FnOnce(&Path) -> String,
+    ) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let (t, upper, outside) = sandbox();
-        let layer = Layer::new().file("esc/pwned", "x").bytes();
+        let layer = Layer::new().file(file, "x").bytes();
         let applied =
             apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
         let lower = t.path().join("lower");
         std::fs::create_dir_all(&lower).unwrap();
-        let out = outside.to_str().unwrap().to_owned();
-        std::os::unix::fs::symlink(format!("../../../../..{out}"), lower.join("esc")).unwrap();
+        std::os::unix::fs::symlink(target(&outside), lower.join(link)).unwrap();
         copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        (t, upper, outside)
+    }
+
+    #[test]
+    fn a_lower_symlink_out_of_the_root_moves_entries_inside_it() {
+        let (_t, upper, outside) = applied_then_copied_up("esc/pwned", "esc", |out| {
+            format!("../../../../..{}", out.display())
+        });
         outside_untouched(&outside);
+        let out = outside.to_str().unwrap();
         let inside = upper.join(out.trim_start_matches('/')).join("pwned");
         assert_eq!(std::fs::read_to_string(inside).unwrap(), "x");
         // A symlink back into itself moves nothing.
-        let (t2, upper2, _) = sandbox();
-        let layer = Layer::new().file("loop/f", "f").bytes();
-        let applied =
-            apply_layer(&upper2, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
-        let lower2 = t2.path().join("lower");
-        std::fs::create_dir_all(&lower2).unwrap();
-        std::os::unix::fs::symlink("loop/inner", lower2.join("loop")).unwrap();
-        copy_up(&upper2, &[lower2], &applied.implicit_dirs).unwrap();
-        assert_eq!(std::fs::read_to_string(upper2.join("loop/f")).unwrap(), "f");
+        let (_t, upper, _) = applied_then_copied_up("loop/f", "loop", |_| "loop/inner".into());
+        assert_eq!(std::fs::read_to_string(upper.join("loop/f")).unwrap(), "x");
     }
 
     #[test]
