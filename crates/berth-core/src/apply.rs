@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 #[derive(Clone, Debug, Default)]
 pub struct ApplyOptions {
@@ -287,8 +288,7 @@ fn look_in_lower(lower: &OwnedFd, rel: &[OsString]) -> Lower {
                 let mut v = [0u8; 1];
                 if k < rel.len()
                     && open_dir(lower, &rel[..k]).is_ok_and(|fd| {
-                        rustix::fs::fgetxattr(&fd, "trusted.overlay.opaque", &mut v).is_ok()
-                            && v[0] == b'y'
+                        rustix::fs::fgetxattr(&fd, OPAQUE_XATTR, &mut v).is_ok() && v[0] == b'y'
                     })
                 {
                     return Lower::Hidden;
@@ -600,6 +600,7 @@ fn move_below(
         return Ok(()); // the symlink leads back here: nothing to move
     }
     merge_into(&src, &dst)?;
+    keep_opaque(&src, &dst)?;
     let (name, parent) = from
         .split_last()
         .expect("a moved directory is not the root");
@@ -608,6 +609,16 @@ fn move_below(
         name.as_os_str(),
         AtFlags::REMOVEDIR,
     )?;
+    Ok(())
+}
+
+/// An opaque marker the layer put on a directory it moves goes with its entries: it hides
+/// what the lowers have where they now are.
+fn keep_opaque(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
+    let mut v = [0u8; 1];
+    if rustix::fs::fgetxattr(from, OPAQUE_XATTR, &mut v).is_ok_and(|n| n == 1 && v[0] == b'y') {
+        rustix::fs::fsetxattr(to, OPAQUE_XATTR, b"y", XattrFlags::empty())?;
+    }
     Ok(())
 }
 
@@ -649,6 +660,7 @@ fn merge_into(src: &OwnedFd, dst: &OwnedFd) -> io::Result<()> {
                 let (from, into) = (open(src)?, open(dst)?);
                 if !same_file(&from, &into)? {
                     merge_into(&from, &into)?;
+                    keep_opaque(&from, &into)?;
                     rustix::fs::unlinkat(src, name.as_os_str(), AtFlags::REMOVEDIR)?;
                 }
             }
@@ -912,7 +924,7 @@ impl Applier<'_> {
         let root = self.root;
         let dir = open_parent(root, parent, &mut self.copy_up())?;
         if self.overlay_whiteouts {
-            rustix::fs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())?;
+            rustix::fs::fsetxattr(&dir, OPAQUE_XATTR, b"y", XattrFlags::empty())?;
         } else {
             clear_dir(&dir, &self.created, &join(parent))?;
         }
@@ -1315,6 +1327,26 @@ mod tests {
         let lower = lower_with_symlinks(t.path());
         copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
         assert_all_in_tmp(&upper, &[("f", "f"), ("sub/g", "g"), ("sub/h", "h")]);
+    }
+
+    #[test]
+    fn an_opaque_marker_under_a_lower_symlink_moves_with_the_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let upper = t.path().join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let layer = Layer::new()
+            .file("up/.wh..wh..opq", "")
+            .file("up/f", "f")
+            .bytes();
+        let applied =
+            apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
+        let lower = lower_with_symlinks(t.path());
+        copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        assert_all_in_tmp(&upper, &[("f", "f")]);
+        let mut v = [0u8; 1];
+        let tmp = std::fs::File::open(upper.join("tmp")).unwrap();
+        assert_eq!(rustix::fs::fgetxattr(&tmp, OPAQUE_XATTR, &mut v), Ok(1));
+        assert_eq!(&v, b"y");
     }
 
     /// Applies a one-file layer at `file` before its lowers exist, then copies it up over a
