@@ -1311,37 +1311,35 @@ mod tests {
         assert_eq!(mode_of(&upper.join("tmp")), 0o1777, "tmp copied up");
     }
 
+    /// Applies a layer of `files` (path, contents) before its lowers exist (a pull's layers
+    /// side by side), then copies it up over `lower_with_symlinks`. Returns the upper
+    /// directory.
+    fn applied_over_symlinks(t: &Path, files: &[(&str, &str)]) -> PathBuf {
+        let layer = files
+            .iter()
+            .fold(Layer::new(), |l, (path, text)| l.file(path, text))
+            .bytes();
+        let upper = t.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let applied =
+            apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
+        let lower = lower_with_symlinks(t);
+        copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        upper
+    }
+
     #[test]
     fn a_lower_layers_symlinked_parent_is_followed_at_commit() {
         let t = tempfile::tempdir().unwrap();
-        let upper = t.path().join("upper");
-        std::fs::create_dir_all(&upper).unwrap();
-        // Applied before its lowers exist (a pull's layers side by side), then copied up.
-        let layer = Layer::new()
-            .file("up/f", "f")
-            .file("abs/sub/g", "g")
-            .file("tmp/sub/h", "h")
-            .bytes();
-        let applied =
-            apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
-        let lower = lower_with_symlinks(t.path());
-        copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        let files = [("up/f", "f"), ("abs/sub/g", "g"), ("tmp/sub/h", "h")];
+        let upper = applied_over_symlinks(t.path(), &files);
         assert_all_in_tmp(&upper, &[("f", "f"), ("sub/g", "g"), ("sub/h", "h")]);
     }
 
     #[test]
     fn an_opaque_marker_under_a_lower_symlink_moves_with_the_entries() {
         let t = tempfile::tempdir().unwrap();
-        let upper = t.path().join("upper");
-        std::fs::create_dir_all(&upper).unwrap();
-        let layer = Layer::new()
-            .file("up/.wh..wh..opq", "")
-            .file("up/f", "f")
-            .bytes();
-        let applied =
-            apply_layer(&upper, io::Cursor::new(layer), &overlay_onto(Vec::new())).unwrap();
-        let lower = lower_with_symlinks(t.path());
-        copy_up(&upper, &[lower], &applied.implicit_dirs).unwrap();
+        let upper = applied_over_symlinks(t.path(), &[("up/.wh..wh..opq", ""), ("up/f", "f")]);
         assert_all_in_tmp(&upper, &[("f", "f")]);
         let mut v = [0u8; 1];
         let tmp = std::fs::File::open(upper.join("tmp")).unwrap();
