@@ -572,6 +572,9 @@ pub fn copy_up(upper: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()>
                 continue;
             }
         }
+        if !moved.is_empty() && open_dir(&root, &rel).is_err() {
+            continue; // an entry moved here from below a lower's symlink replaced it
+        }
         let pfd = open_dir(&root, parent).map_err(Error::io("open", upper.join(d)))?;
         up.copy(&pfd, &rel)
             .map_err(Error::io("copy up", upper.join(d)))?;
@@ -665,9 +668,9 @@ fn merge_into(src: &OwnedFd, dst: &OwnedFd) -> io::Result<()> {
                 }
             }
             Err(Errno::EXIST) => {
-                if is_dir(dst) {
-                    remove_all_at(dst, &name)?;
-                }
+                // Not two directories: what was there goes (rename cannot put a directory
+                // over a file, nor anything over a non-empty directory).
+                remove_all_at(dst, &name)?;
                 rustix::fs::renameat(src, name.as_os_str(), dst, name.as_os_str())?;
             }
             Err(e) => return Err(e.into()),
@@ -1267,10 +1270,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(root.join("pwned2")).unwrap(), "y");
     }
 
-    /// A lower layer with `tmp` (1777) and the symlinks `up -> ../../../tmp`, `abs -> /tmp`.
+    /// A lower layer with `tmp` (1777, holding a directory `y`) and the symlinks
+    /// `up -> ../../../tmp`, `abs -> /tmp`.
     fn lower_with_symlinks(t: &Path) -> PathBuf {
         let lower = t.join("lower");
-        std::fs::create_dir_all(lower.join("tmp")).unwrap();
+        std::fs::create_dir_all(lower.join("tmp/y")).unwrap();
         std::fs::set_permissions(
             lower.join("tmp"),
             std::os::unix::fs::PermissionsExt::from_mode(0o1777),
@@ -1334,6 +1338,22 @@ mod tests {
         let files = [("up/f", "f"), ("abs/sub/g", "g"), ("tmp/sub/h", "h")];
         let upper = applied_over_symlinks(t.path(), &files);
         assert_all_in_tmp(&upper, &[("f", "f"), ("sub/g", "g"), ("sub/h", "h")]);
+    }
+
+    #[test]
+    fn a_moved_entry_replaces_what_the_layer_had_under_the_target() {
+        let t = tempfile::tempdir().unwrap();
+        // Through the lower's `up` the layer writes a directory `x` and a file `y` into
+        // `tmp`, where it also has a file `x` and a directory `y` (one the lower has too, so
+        // that its copy-up would fail on the file that replaced it).
+        let files = [
+            ("up/x/f", "f"),
+            ("up/y", "y"),
+            ("tmp/x", "file"),
+            ("tmp/y/in", "i"),
+        ];
+        let upper = applied_over_symlinks(t.path(), &files);
+        assert_all_in_tmp(&upper, &[("x/f", "f"), ("y", "y")]);
     }
 
     #[test]
