@@ -180,14 +180,15 @@ fn open_parent_depth(
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
                 // A symlink of a lower layer is followed, as on the merged view containerd
                 // applies to, rather than hidden behind a directory made here.
-                if let Some(target) = up.lower_symlink(&parent[..i]) {
-                    let resolved = through_symlink(parent, i, &target);
+                let found = up.topmost(&parent[..i]);
+                if let Lower::Symlink(target) = &found {
+                    let resolved = through_symlink(parent, i, target);
                     return open_parent_depth(root, &resolved, depth + 1, up);
                 }
                 let up_dir = open_dir(root, &parent[..i - 1])?;
                 let name = parent[i - 1].as_os_str();
                 match rustix::fs::mkdirat(&up_dir, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) => up.copy(&up_dir, &parent[..i])?,
+                    Ok(()) => up.copy(&up_dir, &parent[..i], found)?,
                     Err(Errno::EXIST) => {
                         let target = rustix::fs::readlinkat(&up_dir, name, Vec::new())?;
                         let resolved = through_symlink(parent, i, target.as_bytes());
@@ -252,12 +253,7 @@ fn look_in_lower(lower: &OwnedFd, rel: &[OsString]) -> Lower {
     if let Ok(pdir) = open_dir(lower, parent) {
         match rustix::fs::statat(&pdir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                return match rustix::fs::openat(
-                    &pdir,
-                    name.as_os_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
+                return match open_subdir(&pdir, name.as_os_str()) {
                     Ok(fd) => Lower::Dir(st, fd),
                     Err(_) => Lower::Hidden,
                 };
@@ -302,60 +298,48 @@ fn look_in_lower(lower: &OwnedFd, rel: &[OsString]) -> Lower {
 }
 
 impl CopyUp<'_> {
-    /// The target of the symlink the topmost lower holding `rel` has there, if it is one.
-    fn lower_symlink(&self, rel: &[OsString]) -> Option<Vec<u8>> {
+    /// What the topmost lower holding `rel` has there.
+    fn topmost(&self, rel: &[OsString]) -> Lower {
         for lower in self.lowers {
             match look_in_lower(lower, rel) {
                 Lower::Absent => continue,
-                Lower::Symlink(target) => return Some(target),
-                Lower::Dir(..) | Lower::Hidden => return None,
+                found => return found,
             }
         }
-        None
+        Lower::Absent
     }
 
-    /// Gives the directory just made at `rel` (in `parent`) the attributes of the topmost
-    /// lower directory at that path.
-    fn copy(&mut self, parent: &OwnedFd, rel: &[OsString]) -> io::Result<()> {
+    /// Gives the directory just made at `rel` (in `parent`) the attributes of `found`, what
+    /// the topmost lower has at that path, when it is a directory.
+    fn copy(&mut self, parent: &OwnedFd, rel: &[OsString], found: Lower) -> io::Result<()> {
         let Some(name) = rel.last() else {
             return Ok(());
         };
         self.made.push(rel.to_vec());
-        for lower in self.lowers {
-            match look_in_lower(lower, rel) {
-                Lower::Absent => continue,
-                Lower::Hidden | Lower::Symlink(_) => return Ok(()),
-                Lower::Dir(st, from) => {
-                    let fd = rustix::fs::openat(
-                        parent,
-                        name.as_os_str(),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    rustix::fs::fchown(
-                        &fd,
-                        Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                        Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                    )?;
-                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-                    copy_xattrs(&from, &fd, &join(rel))?;
-                    self.times.push(DirTimes {
-                        path: rel.to_vec(),
-                        times: Timestamps {
-                            last_access: Timespec {
-                                tv_sec: st.st_atime,
-                                tv_nsec: st.st_atime_nsec as _,
-                            },
-                            last_modification: Timespec {
-                                tv_sec: st.st_mtime,
-                                tv_nsec: st.st_mtime_nsec as _,
-                            },
-                        },
-                    });
-                    return Ok(());
-                }
-            }
-        }
+        let Lower::Dir(st, from) = found else {
+            return Ok(());
+        };
+        let fd = open_subdir(parent, name.as_os_str())?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+        copy_xattrs(&from, &fd, &join(rel))?;
+        self.times.push(DirTimes {
+            path: rel.to_vec(),
+            times: Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            },
+        });
         Ok(())
     }
 }
@@ -406,12 +390,7 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> io::Result<()> {
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let sub = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let sub = open_subdir(dir, name)?;
     clear_dir(&sub, &HashSet::new(), Path::new(""))?;
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
@@ -419,17 +398,31 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> io::Result<()> {
     }
 }
 
-/// Empties a directory except for the paths in `keep` (relative to the layer root).
-fn clear_dir(dir: &OwnedFd, keep: &HashSet<PathBuf>, at: &Path) -> io::Result<()> {
+/// The names in a directory, without `.` and `..`, read before any is changed.
+fn entry_names(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
     let mut names = Vec::new();
     for e in rustix::fs::Dir::read_from(dir)? {
-        let e = e?;
-        let n = e.file_name().to_bytes();
+        let n = e?.file_name().to_bytes().to_vec();
         if n != b"." && n != b".." {
-            names.push(OsString::from_vec(n.to_vec()));
+            names.push(OsString::from_vec(n));
         }
     }
-    for n in names {
+    Ok(names)
+}
+
+/// Opens the directory `name` in `dir`, never following a symlink there.
+fn open_subdir(dir: &impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Empties a directory except for the paths in `keep` (relative to the layer root).
+fn clear_dir(dir: &OwnedFd, keep: &HashSet<PathBuf>, at: &Path) -> io::Result<()> {
+    for n in entry_names(dir)? {
         if !keep.contains(&at.join(&n)) {
             remove_all_at(dir, &n)?;
         }
@@ -563,8 +556,9 @@ pub fn copy_up(upper: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()>
         };
         // Where a lower layer has a symlink, the layer's entries below it belong where the
         // symlink points, as they would have gone had the layer been applied onto its lowers.
-        if let Some(target) = up.lower_symlink(&rel) {
-            let to = through_symlink(&rel, rel.len(), &target);
+        let found = up.topmost(&rel);
+        if let Lower::Symlink(target) = &found {
+            let to = through_symlink(&rel, rel.len(), target);
             if !to.starts_with(&rel) {
                 move_below(&root, &rel, &to, &mut up)
                     .map_err(Error::io("move what the layer put below", upper.join(d)))?;
@@ -576,7 +570,7 @@ pub fn copy_up(upper: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()>
             continue; // an entry moved here from below a lower's symlink replaced it
         }
         let pfd = open_dir(&root, parent).map_err(Error::io("open", upper.join(d)))?;
-        up.copy(&pfd, &rel)
+        up.copy(&pfd, &rel, found)
             .map_err(Error::io("copy up", upper.join(d)))?;
     }
     for t in times.iter().rev() {
@@ -631,14 +625,7 @@ fn same_file(a: &OwnedFd, b: &OwnedFd) -> io::Result<bool> {
 }
 
 fn merge_into(src: &OwnedFd, dst: &OwnedFd) -> io::Result<()> {
-    let mut names = Vec::new();
-    for e in rustix::fs::Dir::read_from(src)? {
-        let n = e?.file_name().to_bytes().to_vec();
-        if n != b"." && n != b".." {
-            names.push(OsString::from_vec(n));
-        }
-    }
-    for name in names {
+    for name in entry_names(src)? {
         let is_dir = |at: &OwnedFd| {
             rustix::fs::statat(at, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
                 .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
@@ -652,15 +639,7 @@ fn merge_into(src: &OwnedFd, dst: &OwnedFd) -> io::Result<()> {
         ) {
             Ok(()) => {}
             Err(Errno::EXIST) if is_dir(src) && is_dir(dst) => {
-                let open = |at: &OwnedFd| {
-                    rustix::fs::openat(
-                        at,
-                        name.as_os_str(),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                };
-                let (from, into) = (open(src)?, open(dst)?);
+                let (from, into) = (open_subdir(src, &name)?, open_subdir(dst, &name)?);
                 if !same_file(&from, &into)? {
                     merge_into(&from, &into)?;
                     keep_opaque(&from, &into)?;
@@ -811,13 +790,8 @@ impl Applier<'_> {
                     rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o700))
                         .map_err(|e| io_err("mkdir")(e.into()))?;
                 }
-                let fd = rustix::fs::openat(
-                    &dir,
-                    name.as_os_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| io_err("open")(e.into()))?;
+                let fd =
+                    open_subdir(&dir, name.as_os_str()).map_err(|e| io_err("open")(e.into()))?;
                 finish_fd(&fd, uid, gid, mode, &pax.xattrs, Path::new(&shown))
                     .map_err(io_err("set attributes of"))?;
                 // The layer says what this directory is: no copy-up for it.
